@@ -1,0 +1,47 @@
+"""Genie: run unmodified PyTorch programs against a remote accelerator, lazily.
+
+Importing genie registers the ``remote_accelerator`` device. Tensors there are LazyTensors: each
+op is captured into a graph with exact metadata; values are computed, on the execution device,
+only when something reads them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from .capture import dispatch as _dispatch
+from .capture.lazy_tensor import LazyTensor
+from .capture.stats import capture_stats, reset_capture_stats
+from .config import execution_device, set_execution_device
+from .execution import scheduler as _scheduler
+from .graph.graph import Graph, get_graph, graph_of
+from .graph.node import Node, TensorSpec
+
+_backend.register()
+_dispatch._materialize = _scheduler.materialize
+
+__version__ = "0.1.0"
+
+
+class RemoteAcceleratorDevice:
+    """The device handle: ``RemoteAcceleratorDevice.get_device(0) == torch.device("remote_accelerator:0")``."""
+
+    @staticmethod
+    def get_device(index: int = 0) -> torch.device:
+        if index != 0:
+            raise RuntimeError(f"remote_accelerator: device index {index} out of range (1 device)")
+        return torch.device("remote_accelerator", index)
+
+
+def materialize(*tensors):
+    """Compute the given LazyTensors now (their values stay cached on the execution device)."""
+    for t in tensors:
+        _dispatch.value_of(t)
+
+
+__all__ = [
+    "Graph", "LazyTensor", "Node", "RemoteAcceleratorDevice", "TensorSpec", "capture_stats",
+    "execution_device", "get_graph", "graph_of", "materialize", "reset_capture_stats",
+    "set_execution_device",
+]

@@ -1,0 +1,158 @@
+"""Registration of the ``remote_accelerator`` device with PyTorch.
+
+PyTorch's PrivateUse1 slot is renamed, given a device module (``torch.remote_accelerator``,
+needed since torch.accelerator treats a renamed backend as the current accelerator and calls
+into it from freeze_rng_state and friends), hooks and a device guard. The one private helper
+used for that lives here and nowhere else, since it may change between torch releases.
+
+Factory ops (no tensor inputs, a ``device`` argument) get PrivateUse1 kernels so that
+``torch.randn(..., device="remote_accelerator")`` is captured as ``aten::randn`` rather than as
+the ``empty`` + ``normal_`` its composite kernel would reduce to. Anything else that reaches the
+PrivateUse1 key without a LazyTensor fails loudly, naming the op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .capture import dispatch
+from .capture.rng import chain
+
+NAME = "remote_accelerator"
+_registered = False
+_libs: list = []
+
+
+class _DeviceModule:
+    """``torch.remote_accelerator``: what torch expects of an accelerator's device module."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+    @staticmethod
+    def _is_in_bad_fork() -> bool:
+        return False
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+    @staticmethod
+    def set_device(device) -> None:
+        if torch.device(device, 0).index not in (None, 0) if isinstance(device, int) else \
+                (torch.device(device).index not in (None, 0)):
+            raise RuntimeError(f"{NAME}: only device 0 exists")
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        pass
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        chain.seed(seed)
+
+    @staticmethod
+    def manual_seed_all(seed: int) -> None:
+        chain.seed(seed)
+
+    @staticmethod
+    def seed() -> None:
+        chain.seed(torch.seed())
+
+    @staticmethod
+    def initial_seed() -> int:
+        return chain.initial_seed
+
+    @staticmethod
+    def get_rng_state(device=None) -> torch.Tensor:
+        from .execution.scheduler import materialize
+        return chain.get_state(materialize)
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, device=None) -> None:
+        chain.set_state(state)
+
+    @staticmethod
+    def get_amp_supported_dtype():
+        return [torch.float16, torch.bfloat16]
+
+    @staticmethod
+    def is_bf16_supported() -> bool:
+        return True
+
+
+def _factory_schemas():
+    """aten overloads that take a device and no tensor: the ops that create tensors from nothing."""
+    for schema in torch._C._jit_get_all_schemas():
+        if not schema.name.startswith("aten::"):
+            continue
+        names = {a.name for a in schema.arguments}
+        if "device" not in names:
+            continue
+        if any(_mentions_tensor(a.type) for a in schema.arguments):
+            continue
+        if any(r.alias_info is not None for r in schema.returns):
+            continue
+        yield schema
+
+
+def _mentions_tensor(t) -> bool:
+    return "Tensor" in str(t)
+
+
+def _register_factories(lib) -> None:
+    for schema in _factory_schemas():
+        name = schema.name[len("aten::"):]
+        overload = schema.overload_name
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is None:
+            continue
+        op = getattr(packet, overload or "default", None)
+        if op is None:
+            continue
+
+        def kernel(*args, _op=op, **kwargs):
+            return dispatch.capture_factory(_op, args, kwargs)
+
+        try:
+            lib.impl(f"{name}.{overload}" if overload else name, kernel, "PrivateUse1")
+        except RuntimeError:
+            pass  # an overload with a registration of its own
+
+
+def _copy_from(src, dst, non_blocking=False):
+    """Reached when a copy runs with Python dispatch excluded (``torch.tensor(..., device=)``):
+    the same capture as ``dst.copy_(src)`` (either side may be the LazyTensor)."""
+    return dispatch.capture(torch.ops.aten.copy_.default, (dst, src), {"non_blocking": non_blocking})
+
+
+def _fallback(op, keyset, args, kwargs):
+    raise NotImplementedError(
+        f"{op.name()} reached the {NAME} backend without a LazyTensor argument; "
+        f"this op is not supported on {NAME} (genie captures tensor ops and device factories)")
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
+
+    _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule())
+    dispatch.DEVICE = torch.device(NAME, 0)
+    lib = torch.library.Library("aten", "IMPL")
+    _register_factories(lib)
+    lib.impl("_copy_from", _copy_from, "PrivateUse1")
+    fb = torch.library.Library("_", "IMPL")
+    fb.fallback(_fallback, "PrivateUse1", with_keyset=True)
+    _libs.extend([lib, fb])
+    _registered = True

@@ -1,0 +1,486 @@
+"""The capture path: every aten call on a LazyTensor lands in ``capture``.
+
+Hot path (an op seen before with the same input metadata): one walk over the arguments builds
+both the cache key and the node's arguments, one dict lookup finds the output specs, one Node
+and one wrapper are made. Everything else (inference, views, mutation, data-dependent ops) is
+off that path.
+
+Aliasing model. Tensors that share memory share a ``LazyStorage``. Its ``root`` is the node whose
+value has the storage's layout (``root_spec``). A write through any alias makes a new root (the
+written tensor itself when it covers the storage, else an ``as_strided_scatter`` into the old
+root) and bumps the storage version; other aliases notice the version on their next use and
+re-derive their value from the root. A tensor that nobody aliases has no LazyStorage at all.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch.utils._mode_utils import no_dispatch
+
+from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
+from . import stats
+from .meta import NoMetaKernel, infer
+from .rng import chain
+from .schema import classify, get_arg
+
+aten = torch.ops.aten
+DEVICE_TYPE = "remote_accelerator"
+DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is registered
+
+LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
+_materialize = None  # bound by genie/execution/scheduler.py
+
+# ops whose eager CUDA kernels accept CPU tensors beside device tensors
+_CPU_TENSOR_OK = {aten.copy_.default, aten.index.Tensor, aten.index_put_.default, aten.index_put.default,
+                  aten._index_put_impl_.default, aten._to_copy.default}
+
+_cache: dict = {}
+_CACHE_LIMIT = 1 << 16
+_cache_lock = threading.Lock()
+_FALLBACK = object()
+_FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual"
+
+
+class LazyStorage:
+    __slots__ = ("root", "root_spec", "version")
+
+    def __init__(self, root: Node, root_spec: TensorSpec):
+        self.root = root
+        self.root_spec = root_spec
+        self.version = 0
+
+
+def is_remote_device(d) -> bool:
+    return d.type == DEVICE_TYPE
+
+
+# --------------------------------------------------------------------------------------------
+# wrappers
+
+
+def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
+    t = torch.Tensor._make_wrapper_subclass(
+        LazyTensor, spec.shape, strides=spec.stride, storage_offset=spec.offset, dtype=spec.dtype,
+        device=DEVICE, requires_grad=False, storage_size=spec.storage_nbytes)
+    t._node = node
+    t._spec = spec
+    t._storage = storage
+    t._version = version
+    return t
+
+
+def _restride(t, spec: TensorSpec) -> None:
+    """Give the wrapper ``t`` new metadata in place (squeeze_, resize_, a resized out=)."""
+    shell = torch.Tensor._make_wrapper_subclass(
+        LazyTensor, spec.shape, strides=spec.stride, storage_offset=spec.offset, dtype=spec.dtype,
+        device=DEVICE, requires_grad=False, storage_size=spec.storage_nbytes)
+    with no_dispatch(), torch.no_grad():
+        t.data = shell
+    t._spec = spec
+
+
+def _storage_of(t) -> LazyStorage:
+    s = t._storage
+    if s is None:
+        s = t._storage = LazyStorage(t._node, t._spec)
+        t._version = 0
+    return s
+
+
+def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
+    """The root's whole storage as a 1-d tensor of ``dtype``."""
+    n = root_spec.storage_nbytes // root_spec.dtype.itemsize
+    spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes)
+    node = root if (root_spec is spec) else Node(aten.as_strided.default, (root, (n,), (1,), 0), _EMPTY, spec)
+    if dtype is not root_spec.dtype:
+        m = root_spec.storage_nbytes // dtype.itemsize
+        node = Node(aten.view.dtype, (node, dtype), _EMPTY,
+                    intern_spec((m,), (1,), 0, dtype, root_spec.storage_nbytes))
+    return node
+
+
+def _refresh(t) -> None:
+    """Re-derive an alias's value from its storage's root after a write through another alias."""
+    s = t._storage
+    spec = t._spec
+    if spec is s.root_spec:
+        t._node = s.root
+    else:
+        base = s.root if spec.dtype is s.root_spec.dtype else _flat(s.root, s.root_spec, spec.dtype)
+        t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
+    t._version = s.version
+
+
+def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
+    """Record that ``node`` is the new value of ``t`` (written by an in-place or out= op)."""
+    old = t._spec
+    if inplace_view:
+        s = _storage_of(t)
+        if spec is not old:
+            _restride(t, spec)
+        t._node = node
+        t._version = s.version
+        return
+    if spec is not old:
+        _restride(t, spec)
+    s = t._storage
+    if s is None:
+        t._node = node
+        return
+    if spec.storage_nbytes != old.storage_nbytes:
+        # resize_ grew the storage: the written tensor becomes the whole storage
+        s.root, s.root_spec = node, spec
+    elif old is s.root_spec:
+        s.root = node
+    else:
+        root_spec = s.root_spec
+        flat = _flat(s.root, root_spec, spec.dtype)
+        scat = Node(aten.as_strided_scatter.default, (flat, node, tuple(spec.shape), spec.stride, spec.offset),
+                    _EMPTY, flat.spec)
+        if spec.dtype is not root_spec.dtype:
+            n = root_spec.storage_nbytes // root_spec.dtype.itemsize
+            scat = Node(aten.view.dtype, (scat, root_spec.dtype), _EMPTY,
+                        intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes))
+        s.root, s.root_spec = scat, scat.spec
+    s.version += 1
+    t._node = node
+    t._version = s.version
+
+
+# --------------------------------------------------------------------------------------------
+# argument walk: cache key and node arguments in one pass
+
+
+def _device_error(func, other) -> RuntimeError:
+    return RuntimeError(
+        f"{op_name(func)}: Expected all tensors to be on the same device, but found at least two devices, "
+        f"{DEVICE} and {other}!")
+
+
+def _constant(a, func):
+    """A plain tensor argument. Eager semantics read it at call time, so snapshot it."""
+    if a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_TENSOR_OK):
+        return a.detach().clone()
+    raise _device_error(func, a.device)
+
+
+def _walk(seq, key, func):
+    out = []
+    for a in seq:
+        c = a.__class__
+        if c is LazyTensor:
+            s = a._storage
+            if s is not None and a._version != s.version:
+                _refresh(a)
+            key.append(a._spec)
+            out.append(a._node)
+        elif c is int or c is float or c is bool:
+            key.append(c)
+            key.append(a)
+            out.append(a)
+        elif c is list or c is tuple:
+            sub = []
+            out.append(tuple(_walk(a, sub, func)))
+            key.append(tuple(sub))
+        elif isinstance(a, torch.Tensor):
+            if isinstance(a, LazyTensor):
+                s = a._storage
+                if s is not None and a._version != s.version:
+                    _refresh(a)
+                key.append(a._spec)
+                out.append(a._node)
+            else:
+                const = _constant(a, func)
+                key.append(("tensor", spec_of(const)))
+                out.append(const)
+        else:
+            key.append(c)
+            key.append(a)
+            out.append(a)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the handler
+
+
+def capture(func, args, kwargs):
+    special = _SPECIAL.get(func)
+    if special is not None:
+        result = special(func, args, kwargs)
+        if result is not _FALLTHROUGH:
+            return result
+    oc = classify(func)
+    if oc.dynamic:
+        return run_eagerly(func, oc, args, kwargs, stats.eager)
+    key = [func]
+    nargs = tuple(_walk(args, key, func))
+    if kwargs:
+        nkw = {}
+        for k, v in kwargs.items():
+            key.append(k)
+            nkw[k] = _walk((v,), key, func)[0]
+    else:
+        nkw = _EMPTY
+    key = tuple(key)
+    inf = _cache.get(key)
+    if inf is None:
+        inf = _infer(key, func, oc, args, kwargs)
+    if inf is _FALLBACK:
+        return run_eagerly(func, oc, args, kwargs, stats.fallback)
+    if inf.error is not None:
+        raise op_error(func, inf.error)
+    stats.captured[func] += 1
+    if not oc.writes and not oc.has_view and not oc.random:
+        outs = inf.outs
+        if len(outs) == 1 and outs[0].__class__ is TensorSpec:
+            return new_lazy(outs[0], Node(func, nargs, nkw, outs[0]))
+    return _build(func, oc, inf, args, kwargs, nargs, nkw)
+
+
+def _infer(key, func, oc, args, kwargs):
+    try:
+        inf = infer(func, oc, args, kwargs, LazyTensor, is_remote_device)
+    except NoMetaKernel:
+        inf = _FALLBACK
+    with _cache_lock:
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()
+        _cache[key] = inf
+    return inf
+
+
+def op_error(func, e: BaseException) -> BaseException:
+    """Re-raise what eager would raise, with the op's name in front."""
+    msg = f"{op_name(func)}: {e}"
+    cls = type(e) if isinstance(e, (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)) \
+        else RuntimeError
+    try:
+        err = cls(msg)
+    except Exception:
+        err = RuntimeError(msg)
+    err.__cause__ = e
+    return err
+
+
+def _flatten(specs):
+    flat = []
+    for s in specs:
+        if isinstance(s, tuple):
+            flat.extend(s)
+        else:
+            flat.append(s)
+    return flat
+
+
+def _build(func, oc, inf, args, kwargs, nargs, nkw):
+    """The general case: several outputs, views, writes, random ops."""
+    targets = []  # (LazyTensor, spec) written by the op, in flattened output order
+    for (where, is_list), new in zip(oc.mutated, inf.mutated):
+        a = get_arg(args, kwargs, where, func)
+        items = list(zip(a, new)) if is_list else [(a, new)]
+        for t, s in items:
+            if t is None:
+                continue
+            if not isinstance(t, LazyTensor):
+                raise _device_error(func, t.device)
+            targets.append((t, s))
+    ret_specs = [s for r, s in zip(oc.returns, inf.outs) if r[0] != "alias"]
+    flat_specs = [s for _, s in targets] + _flatten(ret_specs)
+    single = len(flat_specs) == 1 and not (ret_specs and isinstance(ret_specs[0], tuple))
+    node = Node(func, nargs, nkw, flat_specs[0] if single else tuple(flat_specs))
+    if oc.random:
+        chain.link(node)
+    if single:
+        out_nodes = [node]
+    else:
+        out_nodes = [None if s is None else Node(getitem, (node, i), _EMPTY, s) for i, s in enumerate(flat_specs)]
+    for (t, s), n in zip(targets, out_nodes):
+        _mutate(t, n, s, oc.inplace_view)
+
+    pos = len(targets)
+    results = []
+    for r, spec in zip(oc.returns, inf.outs):
+        kind = r[0]
+        if kind == "alias":
+            where, _ = oc.mutated[r[1]]
+            results.append(get_arg(args, kwargs, where, func))
+            continue
+        if kind == "view":
+            src = get_arg(args, kwargs, r[1], func)
+            storage = _storage_of(src) if isinstance(src, LazyTensor) else None
+        else:
+            storage = None
+        if isinstance(spec, tuple):
+            items = []
+            for s in spec:
+                items.append(_wrap_out(s, out_nodes[pos], storage))
+                pos += 1
+            results.append(items)
+        else:
+            results.append(_wrap_out(spec, out_nodes[pos], storage))
+            pos += 1
+    if len(oc.returns) == 0:
+        return None
+    return results[0] if len(results) == 1 else tuple(results)
+
+
+def _wrap_out(spec, node, storage):
+    if spec is None:
+        return None
+    if storage is None:
+        return new_lazy(spec, node)
+    return new_lazy(spec, node, storage, storage.version)
+
+
+# --------------------------------------------------------------------------------------------
+# leaving the graph: materialization and eager execution
+
+
+def value_of(t) -> torch.Tensor:
+    """The real tensor behind a LazyTensor, on the execution device (runs what it needs)."""
+    s = t._storage
+    if s is not None and t._version != s.version:
+        _refresh(t)
+    return _materialize(t._node)
+
+
+def _real(a):
+    c = a.__class__
+    if c is LazyTensor or (isinstance(a, torch.Tensor) and isinstance(a, LazyTensor)):
+        return value_of(a)
+    if c is list or c is tuple:
+        return c(_real(x) for x in a)
+    if isinstance(a, torch.device) and a.type == DEVICE_TYPE:
+        from .. import config
+        return config.execution_device()
+    return a
+
+
+def _clone_exact(v: torch.Tensor) -> torch.Tensor:
+    from ..execution.local import clone_exact
+    return clone_exact(v, spec_of(v))
+
+
+def run_eagerly(func, oc, args, kwargs, counter):
+    """Run the op now on real values: data-dependent ops (nonzero, item, ...) and ops whose
+    output metadata cannot be inferred. The result re-enters the graph as materialized nodes."""
+    counter[func] += 1
+    rargs = _real(args)
+    rkwargs = {k: _real(v) for k, v in kwargs.items()}
+    written = []
+    for where, is_list in oc.mutated:
+        lazy = get_arg(args, kwargs, where, func)
+        if lazy is None:
+            continue
+        items = lazy if is_list else [lazy]
+        real = get_arg(rargs, rkwargs, where, func)
+        reals = real if is_list else [real]
+        clones = []
+        for lz, rv in zip(items, reals):
+            if isinstance(lz, LazyTensor):
+                c = _clone_exact(rv)
+                written.append((lz, c))
+                clones.append(c)
+            else:
+                clones.append(rv)
+        clones = clones if is_list else clones[0]
+        if isinstance(where, str):
+            rkwargs[where] = clones
+        else:
+            rargs = tuple(rargs[:where]) + (clones,) + tuple(rargs[where + 1:])
+    try:
+        with no_dispatch(), torch.no_grad():
+            out = func(*rargs, **rkwargs)
+    except Exception as e:
+        raise op_error(func, e) from e
+    for lz, c in written:
+        _mutate(lz, Node(func, (), _EMPTY, spec_of(c), value=c), spec_of(c), oc.inplace_view)
+    if not oc.returns:
+        return None
+    outs = out if len(oc.returns) > 1 else (out,)
+    results = []
+    for r, o in zip(oc.returns, outs):
+        if r[0] == "alias":
+            results.append(get_arg(args, kwargs, oc.mutated[r[1]][0], func))
+        elif isinstance(o, torch.Tensor):
+            results.append(_materialized(func, o))
+        elif isinstance(o, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in o):
+            results.append([_materialized(func, x) for x in o])
+        else:
+            results.append(o)
+    return results[0] if len(results) == 1 else tuple(results)
+
+
+def _materialized(func, value: torch.Tensor):
+    spec = spec_of(value)
+    return new_lazy(spec, Node(func, (), _EMPTY, spec, value=value))
+
+
+# --------------------------------------------------------------------------------------------
+# special ops
+
+
+def _to_copy(func, args, kwargs):
+    device = kwargs.get("device")
+    if device is None or torch.device(device).type == DEVICE_TYPE:
+        return _FALLTHROUGH
+    # leaving the device: .cpu(), .to("cpu"), .to("cuda")
+    src = args[0]
+    value = value_of(src)
+    with no_dispatch(), torch.no_grad():
+        return func(value, *args[1:], **kwargs)
+
+
+def _copy_(func, args, kwargs):
+    dst, src = args[0], args[1]
+    if not isinstance(dst, LazyTensor):
+        # device -> host copy into an existing tensor
+        with no_dispatch(), torch.no_grad():
+            dst.copy_(value_of(src), *args[2:], **kwargs)
+        return dst
+    return _FALLTHROUGH
+
+
+def _is_pinned(func, args, kwargs):
+    return False
+
+
+def _unsupported(func, args, kwargs):
+    raise NotImplementedError(f"{op_name(func)} is not supported on {DEVICE_TYPE}: "
+                              "tensors there have no host-visible storage")
+
+
+_SPECIAL = {
+    aten._to_copy.default: _to_copy,
+    aten.copy_.default: _copy_,
+    aten.is_pinned.default: _is_pinned,
+    aten.set_.source_Storage: _unsupported,
+    aten.set_.source_Storage_storage_offset: _unsupported,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# factories: PrivateUse1 kernels for ops that make a tensor from nothing on the device
+
+
+def capture_factory(func, args, kwargs):
+    oc = classify(func)
+    key = [func]
+    nargs = tuple(_walk(args, key, func))
+    nkw = {}
+    for k, v in kwargs.items():
+        key.append(k)
+        nkw[k] = _walk((v,), key, func)[0]
+    key = tuple(key)
+    inf = _cache.get(key)
+    if inf is None:
+        inf = _infer(key, func, oc, args, kwargs)
+    if inf is _FALLBACK:
+        raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE}")
+    if inf.error is not None:
+        raise op_error(func, inf.error)
+    stats.captured[func] += 1
+    return _build(func, oc, inf, args, kwargs, nargs, nkw)

@@ -1,0 +1,69 @@
+"""LazyTensor: a tensor on ``remote_accelerator`` whose value is a node of the captured graph.
+
+It is a wrapper subclass (no storage of its own): shape, dtype and strides are exact and known at
+capture; the value exists only once something needs it. Reading a value (``.cpu()``, ``.item()``,
+``print``, ``bool()``, numpy conversion) runs the part of the graph it depends on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+
+
+class LazyTensor(torch.Tensor):
+    # _node: the Node whose value this tensor currently is; _spec: its TensorSpec;
+    # _storage/_version: alias group and the group version _node reflects (None: no aliases).
+    __slots__ = ("_node", "_spec", "_storage", "_version")
+
+    # Capture happens below autograd, at the aten level; no torch-function layer (it costs
+    # about 1 us per op and would wrap results of plain tensors).
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return dispatch.capture(func, args, kwargs or {})
+
+    # -- values leave the device only through these --------------------------------------
+
+    def tolist(self):
+        return self.cpu().tolist()
+
+    def numpy(self, *, force: bool = False):
+        return self.cpu().numpy(force=force)
+
+    def __repr__(self, *, tensor_contents=None):
+        # print the values like eager does for a device tensor
+        host = self.detach().cpu()
+        text = repr(host)
+        suffix = f", device='{self.device}'"
+        if self.requires_grad:
+            extra = f", grad_fn=<{type(self.grad_fn).__name__}>" if self.grad_fn is not None else ", requires_grad=True"
+        else:
+            extra = ""
+        if text.endswith(")"):
+            return text[:-1] + suffix + extra + ")"
+        return text + suffix + extra
+
+    def __reduce_ex__(self, proto):
+        # pickling / torch.save: save the value, as a CUDA tensor saves its data
+        return (_rebuild, (self.detach().cpu(), self.requires_grad))
+
+    @property
+    def genie_node(self):
+        """The graph node this tensor's value comes from (for inspection)."""
+        s = self._storage
+        if s is not None and self._version != s.version:
+            dispatch._refresh(self)
+        return self._node
+
+
+def _rebuild(host: torch.Tensor, requires_grad: bool):
+    t = host.to(dispatch.DEVICE)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+dispatch.LazyTensor = LazyTensor

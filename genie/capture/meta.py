@@ -1,0 +1,125 @@
+"""Output metadata inference, run once per (op, input metadata) signature and cached.
+
+Meta kernels are the source of truth for shapes, dtypes and strides; most are Python in
+recent torch (100-400 us each), so the capture path only calls them on a cache miss. Ops with
+no meta kernel are inferred by running the real CPU kernel on zero-filled inputs of the same
+layout: the metadata of a non-data-dependent op cannot depend on values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._mode_utils import no_dispatch
+
+from ..graph.node import TensorSpec, spec_of
+
+META = torch.device("meta")
+CPU = torch.device("cpu")
+
+
+class NoMetaKernel(Exception):
+    """Neither the meta kernel nor the zero-input CPU kernel could infer this op's outputs."""
+
+
+class Inferred:
+    """The cached answer for one signature: output specs in return order and the specs of the
+    written arguments after the op (they change when out= tensors are resized)."""
+
+    __slots__ = ("outs", "mutated", "error")
+
+    def __init__(self, outs, mutated, error=None):
+        self.outs = outs
+        self.mutated = mutated
+        self.error = error
+
+
+def _stand_in(t, device, spec: TensorSpec, fill: bool):
+    """A tensor on ``device`` with exactly ``spec``'s layout, storage size included."""
+    itemsize = spec.dtype.itemsize
+    storage = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=device)
+    if fill:
+        storage.zero_()
+    out = torch.empty(0, dtype=spec.dtype, device=device)
+    out.set_(storage.untyped_storage(), spec.offset, spec.shape, spec.stride)
+    return out
+
+
+def _convert(a, device, fill, lazy_cls, is_remote_device):
+    if isinstance(a, lazy_cls):
+        return _stand_in(a, device, a._spec, fill)
+    if isinstance(a, torch.Tensor):
+        if device.type == "meta" and a.dim() > 0:
+            return _stand_in(a, device, spec_of(a), fill)
+        return a
+    if isinstance(a, (list, tuple)):
+        conv = [_convert(x, device, fill, lazy_cls, is_remote_device) for x in a]
+        return conv if isinstance(a, list) else tuple(conv)
+    if isinstance(a, torch.device) and is_remote_device(a):
+        return device
+    if isinstance(a, str) and a.startswith("remote_accelerator"):
+        return device
+    return a
+
+
+def _out_spec(o):
+    if isinstance(o, torch.Tensor):
+        return spec_of(o)
+    if isinstance(o, (list, tuple)):
+        return tuple(_out_spec(x) for x in o)
+    if o is None:
+        return None
+    raise NoMetaKernel(f"non-tensor output {type(o).__name__}")
+
+
+def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
+    """Run ``func`` on stand-ins and describe its outputs. Errors that eager would raise are
+    returned inside ``Inferred.error`` so the cache can replay them."""
+    try:
+        return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
+    except NotImplementedError:
+        pass
+    except NoMetaKernel:
+        raise
+    except Exception as e:  # the op rejects these inputs: eager would raise the same
+        if _looks_like_missing_meta(e):
+            pass
+        else:
+            return Inferred(None, None, e)
+    try:
+        return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
+    except NotImplementedError as e:
+        raise NoMetaKernel(str(e)) from e
+    except Exception as e:
+        return Inferred(None, None, e)
+
+
+def _looks_like_missing_meta(e: Exception) -> bool:
+    msg = str(e)
+    return ("meta" in msg.lower() and ("not implemented" in msg.lower() or "doesn't support" in msg
+                                        or "does not support" in msg or "Could not run" in msg)) or \
+        "data-dependent" in msg or "Cannot access data pointer" in msg or "cannot be called on meta" in msg
+
+
+def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill):
+    margs = _convert(args, device, fill, lazy_cls, is_remote_device)
+    mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device) for k, v in kwargs.items()}
+    with no_dispatch(), torch.no_grad():
+        out = func(*margs, **mkwargs)
+    outs = out if isinstance(out, tuple) and len(opclass.returns) != 1 else (out,)
+    if len(opclass.returns) == 0:
+        outs = ()
+    specs = tuple(_out_spec(o) for o in outs)
+    if device.type != "meta":
+        _check_device(specs, outs)
+    mutated = []
+    from .schema import get_arg
+    for where, _is_list in opclass.mutated:
+        a = get_arg(margs, mkwargs, where, func)
+        mutated.append(_out_spec(a))
+    return Inferred(specs, tuple(mutated))
+
+
+def _check_device(specs, outs):
+    for o in outs:
+        if isinstance(o, torch.Tensor) and o.device.type not in ("cpu", "meta"):
+            raise NoMetaKernel("output on an unexpected device")

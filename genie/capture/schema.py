@@ -1,0 +1,87 @@
+"""What an op's schema says about aliasing and mutation, computed once per OpOverload.
+
+The capture path asks three questions of every op: which arguments it writes, which outputs
+alias an input (views) or are an input (in-place/out= returns), and whether it needs values
+(random, data-dependent). The answers come from the schema and aten tags, never from op names.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tag = torch.Tag
+
+
+class OpClass:
+    __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
+                 "writes")
+
+    def __init__(self, func):
+        self.func = func
+        schema = func._schema
+        tags = func.tags
+        arg_by_set: dict[str, int] = {}
+        self.mutated = []  # (position or name, is_list) for each written argument, in schema order
+        for i, arg in enumerate(schema.arguments):
+            ai = arg.alias_info
+            where = arg.name if arg.kwarg_only else i
+            if ai is not None:
+                for s in ai.before_set:
+                    arg_by_set.setdefault(s, len(self.mutated) if ai.is_write else -1 - i)
+                if ai.is_write:
+                    self.mutated.append((where, isinstance(arg.type, torch.ListType)))
+        self.writes = bool(self.mutated)
+        # returns: ("fresh",) | ("alias", mutated_index) | ("view", input_position)
+        self.returns = []
+        self.scalar_out = False
+        for ret in schema.returns:
+            ai = ret.alias_info
+            if ai is None:
+                self.returns.append(("fresh",))
+                if not _is_tensorish(ret.type):
+                    self.scalar_out = True
+            else:
+                idx = None
+                for s in ai.before_set:
+                    if s in arg_by_set:
+                        idx = arg_by_set[s]
+                if idx is None:
+                    self.returns.append(("fresh",))
+                elif idx >= 0:
+                    self.returns.append(("alias", idx))
+                else:
+                    self.returns.append(("view", -1 - idx))
+        self.has_view = any(r[0] == "view" for r in self.returns)
+        self.random = Tag.nondeterministic_seeded in tags
+        self.dynamic = Tag.dynamic_output_shape in tags or Tag.data_dependent_output in tags or self.scalar_out
+        self.inplace_view = Tag.inplace_view in tags
+
+
+def _is_tensorish(t) -> bool:
+    if isinstance(t, torch.TensorType):
+        return True
+    if isinstance(t, torch.OptionalType):
+        return _is_tensorish(t.getElementType())
+    if isinstance(t, torch.ListType):
+        return _is_tensorish(t.getElementType())
+    return False
+
+
+_classes: dict = {}
+
+
+def classify(func) -> OpClass:
+    c = _classes.get(func)
+    if c is None:
+        c = _classes[func] = OpClass(func)
+    return c
+
+
+def get_arg(args, kwargs, where, func):
+    """The argument at schema position ``where`` (int) or kwarg-only name (str)."""
+    if isinstance(where, str):
+        return kwargs.get(where)
+    if where < len(args):
+        return args[where]
+    name = func._schema.arguments[where].name
+    return kwargs.get(name)

@@ -1,0 +1,161 @@
+"""Execution in this process, on the CPU or a CUDA device.
+
+Invariant kept for every node: its value has exactly the node's spec (shape, dtype, strides,
+storage offset) in a storage of at least ``spec.storage_nbytes``. Alias re-derivation
+(``as_strided`` from a storage root) depends on it, so a kernel whose output strides differ
+from what the meta kernel promised is re-laid-out here, never passed on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._mode_utils import no_dispatch
+
+from ..capture.rng import _seed_state
+from ..capture.schema import classify, get_arg
+from ..graph.node import Node, TensorSpec, getitem, op_name
+from .base import Executor
+
+
+def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A copy of ``v`` laid out exactly as ``spec`` says, in a storage of its own."""
+    itemsize = spec.dtype.itemsize
+    if spec.offset == 0:
+        out = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=v.device)
+        if out.untyped_storage().nbytes() >= spec.storage_nbytes:
+            out.copy_(v)
+            return out
+    buf = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=v.device)
+    out = buf.as_strided(spec.shape, spec.stride, spec.offset)
+    out.copy_(v)
+    return out
+
+
+class LocalExecutor(Executor):
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self._generator = torch.cuda.default_generators[self.device.index] if self.device.type == "cuda" \
+            else torch.default_generator
+
+    def execute(self, plan) -> None:
+        with no_dispatch(), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            super().execute(plan)
+
+    def run_node(self, node: Node):
+        op = node.target
+        if op is getitem:
+            parent, index = node.args
+            return parent.value[index]
+        if op is _seed_state:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(node.args[0])
+            node.rng = gen.get_state()
+            return True
+        args = self._resolve(node.args)
+        kwargs = {k: self._resolve1(v) for k, v in node.kwargs.items()} if node.kwargs else {}
+        oc = classify(op)
+        if oc.writes:
+            args, kwargs, written = self._prepare_writes(node, oc, args, kwargs)
+        try:
+            if oc.random:
+                out = self._run_random(node, op, args, kwargs)
+            else:
+                out = op(*args, **kwargs)
+        except Exception as e:
+            raise RuntimeError(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}") from e
+        if oc.writes:
+            flat = written + _flatten_returns(out, oc, keep_alias=False)
+        else:
+            flat = _flatten_returns(out, oc, keep_alias=True)
+        spec = node.spec
+        if spec.__class__ is TensorSpec:
+            return self._conform(node, flat[0], spec)
+        return tuple(self._conform(node, v, s) for v, s in zip(flat, spec))
+
+    def _run_random(self, node, op, args, kwargs):
+        prev = node.rng
+        gen = self._generator
+        saved = gen.get_state()
+        gen.set_state(prev.rng)
+        try:
+            out = op(*args, **kwargs)
+            node.rng = gen.get_state()
+        finally:
+            gen.set_state(saved)
+        return out
+
+    def _prepare_writes(self, node, oc, args, kwargs):
+        args = list(args)
+        written = []
+        for where, is_list in oc.mutated:
+            value = get_arg(args, kwargs, where, node.target)
+            if value is None:
+                continue
+            src = get_arg(node.args, node.kwargs, where, node.target)
+            if is_list:
+                new = [self._writable(v, s, oc) for v, s in zip(value, src)]
+                written.extend(new)
+            else:
+                new = self._writable(value, src, oc)
+                written.append(new)
+            if isinstance(where, str):
+                kwargs[where] = new
+            else:
+                args[where] = new
+        return args, kwargs, written
+
+    def _writable(self, value, src, oc):
+        if oc.inplace_view:
+            return value.as_strided(value.shape, value.stride(), value.storage_offset())
+        return clone_exact(value, _spec_of_input(src, value))
+
+    def _conform(self, node, value, spec):
+        if spec is None or value is None:
+            return value
+        if value.dtype != spec.dtype or value.shape != spec.shape:
+            raise RuntimeError(
+                f"genie: {op_name(node.target)} (node %{node.id}) produced {tuple(value.shape)} {value.dtype}, but "
+                f"capture inferred {tuple(spec.shape)} {spec.dtype}")
+        if value.stride() != spec.stride or value.storage_offset() != spec.offset:
+            value = clone_exact(value, spec)
+        return value
+
+    def _resolve(self, args):
+        return [self._resolve1(a) for a in args]
+
+    def _resolve1(self, a):
+        c = a.__class__
+        if c is Node:
+            return a.value
+        if c is tuple or c is list:
+            return [self._resolve1(x) for x in a]
+        if c is torch.device:
+            return self.device if a.type == "remote_accelerator" else a
+        if isinstance(a, torch.Tensor) and a.device != self.device and a.dim() > 0:
+            return a.to(self.device)
+        return a
+
+
+def _spec_of_input(src, value):
+    if isinstance(src, Node):
+        spec = src.spec
+        if spec.__class__ is TensorSpec:
+            return spec
+    from ..graph.node import spec_of
+    return spec_of(value)
+
+
+def _flatten_returns(out, oc, keep_alias):
+    returns = oc.returns
+    if not returns:
+        return []
+    outs = out if len(returns) > 1 else (out,)
+    flat = []
+    for r, o in zip(returns, outs):
+        if r[0] == "alias" and not keep_alias:
+            continue
+        if isinstance(o, (list, tuple)):
+            flat.extend(o)
+        else:
+            flat.append(o)
+    return flat

@@ -1,0 +1,150 @@
+"""Graph nodes: one captured op call each.
+
+Invariants (stated once, relied on everywhere):
+- A node's inputs are the ``Node`` objects embedded in ``args``/``kwargs`` (nested in lists for
+  TensorList arguments) plus, for random ops, the previous link of the RNG chain in ``rng``.
+- Node ids grow monotonically, so every input has a smaller id than its consumer: sorting by id
+  is a topological order.
+- ``value is None`` means "not executed (or dropped)". An executed node whose value is kept is
+  *collapsed*: its inputs are released so the graph upstream can be freed; ``op`` and ``spec``
+  stay for inspection. A node whose value was dropped keeps its inputs, so it can be recomputed.
+- Values are never mutated after they are stored: in-place ops execute on a copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+_ids = itertools.count()
+
+_EMPTY: dict = {}
+
+
+class TensorSpec:
+    """Exact metadata of one tensor value: what a LazyTensor reports before anything runs.
+
+    Specs are interned (one object per distinct metadata), so they compare and hash by
+    identity; that keeps the capture cache key cheap to build and hash.
+    """
+
+    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "__weakref__")
+
+    def __init__(self, shape, stride, offset, dtype, storage_nbytes):
+        self.shape = shape
+        self.stride = stride
+        self.offset = offset
+        self.dtype = dtype
+        self.storage_nbytes = storage_nbytes
+
+    def __repr__(self) -> str:
+        return (f"TensorSpec(shape={tuple(self.shape)}, stride={self.stride}, offset={self.offset}, "
+                f"dtype={self.dtype}, storage_nbytes={self.storage_nbytes})")
+
+
+_spec_intern: dict[tuple, TensorSpec] = {}
+
+
+def intern_spec(shape, stride, offset, dtype, storage_nbytes) -> TensorSpec:
+    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes)
+    spec = _spec_intern.get(key)
+    if spec is None:
+        spec = _spec_intern.setdefault(key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes))
+    return spec
+
+
+def spec_of(t: torch.Tensor) -> TensorSpec:
+    return intern_spec(t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes())
+
+
+_names: dict[Any, str] = {}
+
+
+def op_name(op) -> str:
+    """Normalized op name: ``aten::add`` for every overload of add."""
+    name = _names.get(op)
+    if name is None:
+        schema = getattr(op, "_schema", None)
+        if schema is not None:
+            name = schema.name
+        else:
+            name = "genie::" + getattr(op, "__name__", str(op))
+        _names[op] = name
+    return name
+
+
+class Node:
+    """One captured call of ``target`` (an OpOverload, or a genie helper such as ``getitem``). ``spec`` is a TensorSpec, or a tuple of them (None for non-tensor
+    outputs) for multi-output nodes, whose consumers go through ``getitem`` nodes."""
+
+    __slots__ = ("target", "args", "kwargs", "spec", "value", "rng", "annotations", "id")
+
+    def __init__(self, target, args, kwargs, spec, value=None, rng=None):
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.spec = spec
+        self.value = value
+        self.rng = rng
+        self.annotations = None
+        self.id = next(_ids)
+
+    @property
+    def op(self) -> str:
+        """Normalized op name, e.g. ``aten::add`` (``target`` is the OpOverload itself)."""
+        return op_name(self.target)
+
+    name = op
+
+    @property
+    def shape(self):
+        spec = self.spec
+        return spec.shape if isinstance(spec, TensorSpec) else tuple(s.shape if s else None for s in spec)
+
+    @property
+    def dtype(self):
+        spec = self.spec
+        return spec.dtype if isinstance(spec, TensorSpec) else tuple(s.dtype if s else None for s in spec)
+
+    @property
+    def inputs(self) -> list[Node]:
+        return list(iter_inputs(self))
+
+    @property
+    def materialized(self) -> bool:
+        return self.value is not None
+
+    def annotate(self, key: str, value: Any) -> None:
+        if self.annotations is None:
+            self.annotations = {}
+        self.annotations[key] = value
+
+    def __repr__(self) -> str:
+        return f"<Node %{self.id} {self.name} {getattr(self.spec, 'shape', '')}>"
+
+
+def iter_inputs(node: Node):
+    """Yield the distinct input nodes of ``node`` (args, kwargs, and the RNG chain link)."""
+    seen = set()
+    stack = [node.args, tuple(node.kwargs.values()) if node.kwargs else ()]
+    rng = node.rng
+    if isinstance(rng, Node):
+        stack.append((rng,))
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, Node):
+                if id(a) not in seen:
+                    seen.add(id(a))
+                    yield a
+            elif isinstance(a, (list, tuple)):
+                stack.append(a)
+
+
+def getitem(parent_value, index):
+    """The op of a ``getitem`` node: one output of a multi-output node."""
+    return parent_value[index]
+
+
+_names[getitem] = "genie::getitem"

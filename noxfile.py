@@ -1,0 +1,98 @@
+"""Sessions: ``nox -s tests`` (unit tests + coverage), ``nox -s conformance`` (the OpInfo sweep,
+lazy vs eager, with its HTML matrix), ``nox -s bench`` / ``perf_report`` (asv), ``reports``.
+
+torch is pinned per machine family: ``GENIE_TORCH_SPEC`` overrides the default, which is the
+CPU wheel this machine family carries (an unpinned torch resolves to a multi-GB CUDA build).
+On a machine with torch already installed and no network (the GPU machines), run with
+``--no-venv`` (or ``GENIE_NOX_REUSE_PYTHON=1``) to use the interpreter that is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+TORCH_SPEC = os.environ.get("GENIE_TORCH_SPEC", "torch==2.13.0")
+PYTHON = os.environ.get("GENIE_NOX_PYTHON") or None  # the interpreter nox runs under by default
+REPORTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reports")
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        return  # --no-venv: the interpreter that is there already carries torch
+    session.install(TORCH_SPEC)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and property tests with coverage (fail under 85%); HTML under reports/coverage/."""
+    _install(session, "test")
+    os.makedirs(os.path.join(REPORTS, "coverage"), exist_ok=True)
+    session.run(
+        "pytest", "tests", "-p", "no:cacheprovider",
+        "--cov=genie", "--cov-report=term", "--cov-report=html:reports/coverage",
+        "--cov-fail-under=85",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("device", ["cpu", "cuda"])
+def conformance(session: nox.Session, device: str) -> None:
+    """Every OpInfo, lazy vs eager within 1e-5; writes reports/conformance/{index.html,results.json}."""
+    _install(session, "test")
+    if device == "cuda":
+        probe = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
+                            silent=True, external=True)
+        if "True" not in (probe or ""):
+            session.skip("conformance(device='cuda'): CUDA is not available on this machine")
+    out = os.path.join(REPORTS, "conformance")
+    os.makedirs(out, exist_ok=True)
+    workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
+    session.run(
+        "pytest", "conformance", "-p", "no:cacheprovider", "-q", "-n", workers,
+        f"--genie-device={device}", f"--genie-report={out}",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "GENIE_EXECUTION_DEVICE": device},
+        success_codes=[0, 1],
+    )
+    session.run("python", "-m", "conformance.report", out, "--check")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """asv against the working tree, then ``asv continuous`` against main (non-zero on a slowdown)."""
+    _install(session, "bench")
+    session.run("asv", "machine", "--yes")
+    session.run("asv", "run", "--python=same", "--quick", "--show-stderr", "--set-commit-hash",
+                _head(session), *session.posargs)
+    if "--no-continuous" not in session.posargs:
+        session.run("asv", "continuous", "--factor", "1.5", "main", "HEAD", "--quick",
+                    success_codes=[0, 1] if os.environ.get("GENIE_BENCH_ADVISORY") else [0])
+
+
+@nox.session(python=PYTHON)
+def perf_report(session: nox.Session) -> None:
+    """Publish the asv history as HTML under reports/perf."""
+    _install(session, "bench")
+    session.run("asv", "publish")
+
+
+@nox.session(python=PYTHON)
+def reports(session: nox.Session) -> None:
+    """reports/index.html: links to coverage, conformance and perf, with the headline ratios."""
+    _install(session, "bench")
+    session.run("python", "-m", "asv_benches.summary", REPORTS)
+
+
+def _head(session: nox.Session) -> str:
+    git = shutil.which("git")
+    return session.run(git, "rev-parse", "HEAD", silent=True, external=True).strip()
