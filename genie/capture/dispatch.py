@@ -213,6 +213,10 @@ def capture(func, args, kwargs):
         if result is not _FALLTHROUGH:
             return result
     oc = classify(func)
+    if oc.composite:
+        out = func.decompose(*args, **kwargs)
+        if out is not NotImplemented:
+            return out
     if oc.dynamic:
         return run_eagerly(func, oc, args, kwargs, stats.eager)
     key = [func]

@@ -7,6 +7,8 @@ alias an input (views) or are an input (in-place/out= returns), and whether it n
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 Tag = torch.Tag
@@ -14,7 +16,7 @@ Tag = torch.Tag
 
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
-                 "writes")
+                 "writes", "composite")
 
     def __init__(self, func):
         self.func = func
@@ -34,15 +36,17 @@ class OpClass:
         # returns: ("fresh",) | ("alias", mutated_index) | ("view", input_position)
         self.returns = []
         self.scalar_out = False
-        for ret in schema.returns:
+        texts = _return_texts(schema)
+        for k, ret in enumerate(schema.returns):
             ai = ret.alias_info
-            if ai is None:
+            sets = _alias_sets(ret, texts[k] if k < len(texts) else "")
+            if not sets:
                 self.returns.append(("fresh",))
                 if not _is_tensorish(ret.type):
                     self.scalar_out = True
             else:
                 idx = None
-                for s in ai.before_set:
+                for s in sets:
                     if s in arg_by_set:
                         idx = arg_by_set[s]
                 if idx is None:
@@ -55,6 +59,35 @@ class OpClass:
         self.random = Tag.nondeterministic_seeded in tags
         self.dynamic = Tag.dynamic_output_shape in tags or Tag.data_dependent_output in tags or self.scalar_out
         self.inplace_view = Tag.inplace_view in tags
+        # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
+        # (inference tensors); decompose them as autograd would have.
+        self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+
+
+def _alias_sets(ret, text: str) -> set:
+    """Alias sets of a return. For ``Tensor(a)[]`` the binding keeps the set on the element
+    type, which Python cannot reach, so it is read off the schema text."""
+    ai = ret.alias_info
+    if ai is not None and ai.before_set:
+        return set(ai.before_set)
+    m = re.match(r"Tensor\((\w+)!?\)", text.strip())
+    return {m.group(1)} if m else set()
+
+
+def _return_texts(schema) -> list[str]:
+    text = str(schema).split(") -> ", 1)[1].strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        depth += 1 if ch in "([" else (-1 if ch in ")]" else 0)
+        cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts]
 
 
 def _is_tensorish(t) -> bool:

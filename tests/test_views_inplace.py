@@ -1,0 +1,194 @@
+"""Views and in-place ops behave exactly as on a real device."""
+
+import pytest
+import torch
+
+import genie
+from conftest import DEVICE, host
+
+
+def both(make):
+    e = make()
+    return e, e.to(DEVICE)
+
+
+def assert_same(lazy, eager):
+    assert lazy.shape == eager.shape and lazy.stride() == eager.stride() and lazy.dtype == eager.dtype
+    torch.testing.assert_close(host(lazy), eager, rtol=0, atol=0)
+
+
+def test_mutation_through_view_seen_by_base_and_other_views():
+    a, la = both(lambda: torch.arange(12.0).reshape(3, 4))
+    row, lrow = a[1], la[1]
+    col, lcol = a[:, 2], la[:, 2]
+    row.add_(100)
+    lrow.add_(100)
+    assert_same(la, a)
+    assert_same(lcol, col)
+    col.mul_(-1)
+    lcol.mul_(-1)
+    assert_same(la, a)
+    assert_same(lrow, row)
+    a.fill_(3)
+    la.fill_(3)
+    assert_same(lrow, row)
+    assert_same(lcol, col)
+
+
+def test_view_of_view_and_setitem():
+    a, la = both(lambda: torch.zeros(4, 6))
+    v, lv = a[1:3, ::2], la[1:3, ::2]
+    vv, lvv = v.t()[1:], lv.t()[1:]
+    vv.fill_(5)
+    lvv.fill_(5)
+    a[0] = 7
+    la[0] = 7
+    a[:, -1] = torch.arange(4.0)
+    la[:, -1] = torch.arange(4.0).to(DEVICE)
+    assert_same(la, a)
+    assert_same(lv, v)
+    assert_same(lvv, vv)
+
+
+def test_reads_before_a_mutation_keep_old_values():
+    a, la = both(lambda: torch.ones(3))
+    before, lbefore = a * 2, la * 2
+    a.add_(1)
+    la.add_(1)
+    assert_same(lbefore, before)
+    assert_same(la, a)
+
+
+def test_view_and_reshape_alias():
+    a, la = both(lambda: torch.arange(6.0))
+    v, lv = a.view(2, 3), la.view(2, 3)
+    v[1, 1] = -1
+    lv[1, 1] = -1
+    assert_same(la, a)
+    r, lr = a.reshape(3, 2), la.reshape(3, 2)
+    r.mul_(2)
+    lr.mul_(2)
+    assert_same(lv, v)
+
+
+def test_dtype_view_alias():
+    a, la = both(lambda: torch.arange(4, dtype=torch.int32))
+    f, lf = a.view(torch.float32), la.view(torch.float32)
+    f.zero_()
+    lf.zero_()
+    assert_same(la, a)
+    a[1] = 3
+    la[1] = 3
+    assert_same(lf, f)
+
+
+def test_split_unbind_chunk_views():
+    a, la = both(lambda: torch.arange(12.0).reshape(4, 3))
+    parts, lparts = a.split(2), la.split(2)
+    parts[1].add_(10)
+    lparts[1].add_(10)
+    assert_same(la, a)
+    rows, lrows = a.unbind(0), la.unbind(0)
+    rows[0].neg_()
+    lrows[0].neg_()
+    assert_same(la, a)
+    assert_same(lparts[0], parts[0])
+
+
+@pytest.mark.parametrize("op", [
+    lambda t: t.squeeze_(1), lambda t: t.unsqueeze_(0), lambda t: t.t_(), lambda t: t.transpose_(0, 2),
+    lambda t: t.resize_(2, 3), lambda t: t.resize_(5), lambda t: t.as_strided_((2, 2), (1, 2)),
+    lambda t: t.swapdims_(0, 1),
+], ids=["squeeze_", "unsqueeze_", "t_", "transpose_", "resize_", "resize_shrink", "as_strided_", "swapdims_"])
+def test_shape_changing_inplace_ops(op):
+    a, la = both(lambda: torch.arange(6.0).reshape(2, 1, 3))
+    try:
+        ra = op(a)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            op(la)
+        return
+    rla = op(la)
+    assert rla is la
+    assert ra is a
+    assert_same(la, a)
+
+
+def test_t_on_matrix_then_mutate():
+    a, la = both(lambda: torch.arange(6.0).reshape(2, 3))
+    view, lview = a[0], la[0]
+    a.t_()
+    la.t_()
+    a[1].fill_(9)
+    la[1].fill_(9)
+    assert_same(la, a)
+    assert_same(lview, view)
+
+
+def test_resize_grow_keeps_prefix():
+    la = torch.arange(4.0, device=DEVICE)
+    la.resize_(2, 4)
+    assert la.shape == (2, 4)
+    assert torch.equal(host(la).flatten()[:4], torch.arange(4.0))
+
+
+def test_out_variants():
+    x = torch.randn(3, 4)
+    lx = x.to(DEVICE)
+    out, lout = torch.empty(3, 4), torch.empty(3, 4, device=DEVICE)
+    r = torch.add(lx, 2, out=lout)
+    torch.add(x, 2, out=out)
+    assert r is lout
+    assert_same(lout, out)
+    grow, lgrow = torch.empty(0), torch.empty(0, device=DEVICE)
+    torch.mul(x, x, out=grow)
+    torch.mul(lx, lx, out=lgrow)
+    assert_same(lgrow, grow)
+    vals, idx = torch.empty(3), torch.empty(3, dtype=torch.long)
+    lvals, lidx = torch.empty(3, device=DEVICE), torch.empty(3, dtype=torch.long, device=DEVICE)
+    rv = torch.max(lx, 1, out=(lvals, lidx))
+    torch.max(x, 1, out=(vals, idx))
+    assert rv[0] is lvals and rv[1] is lidx
+    assert_same(lvals, vals)
+    assert_same(lidx, idx)
+
+
+def test_inplace_returns_self_and_keeps_dtype():
+    a, la = both(lambda: torch.ones(3, dtype=torch.int64))
+    assert la.add_(2) is la
+    a.add_(2)
+    assert_same(la, a)
+    with pytest.raises(RuntimeError, match="aten::add_"):
+        la.add_(0.5 * torch.ones(3, device=DEVICE))
+
+
+def test_index_put_and_scatter():
+    a, la = both(lambda: torch.zeros(5))
+    idx = torch.tensor([0, 3])
+    a[idx] = 2.0
+    la[idx.to(DEVICE)] = 2.0
+    a.index_put_((torch.tensor([1]),), torch.tensor(4.0), accumulate=True)
+    la.index_put_((torch.tensor([1]).to(DEVICE),), torch.tensor(4.0).to(DEVICE), accumulate=True)
+    a.scatter_(0, torch.tensor([4]), torch.tensor([9.0]))
+    la.scatter_(0, torch.tensor([4]).to(DEVICE), torch.tensor([9.0]).to(DEVICE))
+    assert_same(la, a)
+
+
+def test_detach_shares_storage():
+    a, la = both(lambda: torch.ones(3))
+    d, ld = a.detach(), la.detach()
+    d.mul_(5)
+    ld.mul_(5)
+    assert_same(la, a)
+
+
+def test_foreach_inplace():
+    xs = [torch.randn(3), torch.randn(2, 2)]
+    lxs = [x.to(DEVICE) for x in xs]
+    torch._foreach_add_(xs, 1.5)
+    torch._foreach_add_(lxs, 1.5)
+    torch._foreach_mul_(xs, xs)
+    torch._foreach_mul_(lxs, lxs)
+    for lx, x in zip(lxs, xs):
+        assert_same(lx, x)
+    assert genie.capture_stats()["total_fallback"] == 0 or "aten::_foreach_add_" not in genie.capture_stats()["fallback"]
