@@ -8,7 +8,7 @@ used for that lives here and nowhere else, since it may change between torch rel
 Factory ops (no tensor inputs, a ``device`` argument) get PrivateUse1 kernels so that
 ``torch.randn(..., device="remote_accelerator")`` is captured as ``aten::randn`` rather than as
 the ``empty`` + ``normal_`` its composite kernel would reduce to. Anything else that reaches the
-PrivateUse1 key without a LazyTensor fails loudly, naming the op.
+PrivateUse1 key without a LazyTensor fails in the dispatcher, which names the op.
 """
 
 from __future__ import annotations
@@ -135,12 +135,6 @@ def _copy_from(src, dst, non_blocking=False):
     return dispatch.capture(torch.ops.aten.copy_.default, (dst, src), {"non_blocking": non_blocking})
 
 
-def _fallback(op, keyset, args, kwargs):
-    raise NotImplementedError(
-        f"{op.name()} reached the {NAME} backend without a LazyTensor argument; "
-        f"this op is not supported on {NAME} (genie captures tensor ops and device factories)")
-
-
 def register() -> None:
     global _registered
     if _registered:
@@ -152,7 +146,7 @@ def register() -> None:
     lib = torch.library.Library("aten", "IMPL")
     _register_factories(lib)
     lib.impl("_copy_from", _copy_from, "PrivateUse1")
-    fb = torch.library.Library("_", "IMPL")
-    fb.fallback(_fallback, "PrivateUse1", with_keyset=True)
-    _libs.extend([lib, fb])
+    # No backend fallback: for an op that reaches PrivateUse1 without a LazyTensor, torch's own
+    # "Could not run 'aten::X' with arguments from the 'remote_accelerator' backend" names it.
+    _libs.append(lib)
     _registered = True

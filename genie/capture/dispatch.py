@@ -471,6 +471,10 @@ _SPECIAL = {
 
 
 def capture_factory(func, args, kwargs):
+    device = kwargs.get("device")
+    if device is not None and torch.device(device).index not in (None, 0):
+        raise RuntimeError(f"{op_name(func)}: {DEVICE_TYPE} device index {torch.device(device).index} "
+                           "is out of range (1 device)")
     oc = classify(func)
     key = [func]
     nargs = tuple(_walk(args, key, func))

@@ -44,10 +44,12 @@ class Graph:
     def op_names(self) -> list[str]:
         return [n.op for n in self.nodes]
 
-    def to_fx(self) -> torch.fx.GraphModule:
-        """The captured program as an fx GraphModule. Materialized values and constants become
-        placeholders (in node order, see ``placeholder_values``); every node without users in
-        this graph is an output."""
+    def to_fx(self, device=None) -> torch.fx.GraphModule:
+        """The captured program as an fx GraphModule that runs on ``device`` (default: the
+        execution device). Materialized values and constants become placeholders (in node order,
+        see ``placeholder_values``); every node without users in this graph is an output."""
+        from ..config import execution_device
+        device = torch.device(device) if device is not None else execution_device()
         g = torch.fx.Graph()
         env: dict[int, torch.fx.Node] = {}
         self.placeholder_values = []
@@ -62,6 +64,8 @@ class Graph:
                 return fx_node
             if isinstance(a, (list, tuple)):
                 return type(a)(arg(x) for x in a)
+            if isinstance(a, torch.device) and a.type == "remote_accelerator":
+                return device
             if isinstance(a, torch.Tensor):
                 fx_node = g.placeholder(f"const_{len(self.placeholder_values)}")
                 self.placeholder_values.append(a)

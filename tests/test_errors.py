@@ -1,0 +1,91 @@
+"""Bad input fails loudly, naming the op, at capture where metadata shows it."""
+
+import pytest
+import torch
+
+import genie
+from conftest import DEVICE, host
+
+
+def test_mixing_devices_like_cuda():
+    lx = torch.ones(3, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"aten::add.*remote_accelerator:0 and cpu"):
+        lx + torch.ones(3)
+    with pytest.raises(RuntimeError, match="remote_accelerator:0 and cpu"):
+        torch.mm(torch.ones(3, 3, device=DEVICE), torch.ones(3, 3))
+    # 0-dim host tensors are scalars, as on CUDA
+    assert torch.equal(host(lx * torch.tensor(3.0)), torch.full((3,), 3.0))
+    # CPU indices are accepted, as on CUDA
+    assert torch.equal(host(lx[torch.tensor([0, 2])]), torch.ones(2))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda: torch.ones(2, 3, device=DEVICE) + torch.ones(4, device=DEVICE), "aten::add"),
+    (lambda: torch.ones(2, 3, device=DEVICE) @ torch.ones(2, 3, device=DEVICE), "aten::mm"),
+    (lambda: torch.ones(2, device=DEVICE, dtype=torch.int64).add_(torch.ones(2, device=DEVICE) * 0.5), "aten::add_"),
+    (lambda: torch.ones(4, device=DEVICE).view(3), "aten::view"),
+    (lambda: torch.cat([torch.ones(2, 2, device=DEVICE), torch.ones(3, 3, device=DEVICE)], 1), "aten::cat"),
+])
+def test_rejected_at_capture(bad, match):
+    with pytest.raises(RuntimeError, match=match):
+        bad()
+
+
+def test_dtype_rejected_by_kernel_fails_at_execution_naming_the_op():
+    # meta kernels do not know which dtypes a backend implements; the kernel says so when it runs
+    bad = torch.ones(2, device=DEVICE).bitwise_and(torch.ones(2, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"aten::bitwise_and.*not implemented for 'Float'"):
+        host(bad)
+
+
+def test_error_is_repeated_for_the_same_signature():
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="aten::add"):
+            torch.ones(2, 3, device=DEVICE) + torch.ones(4, device=DEVICE)
+
+
+def test_unsupported_storage_ops_fail_loudly():
+    lx = torch.ones(3, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="aten::set_"):
+        lx.set_(torch.UntypedStorage(12))
+    with pytest.raises(RuntimeError, match="no host-visible storage"):
+        lx.data_ptr()
+
+
+def test_other_device_index_is_rejected():
+    with pytest.raises(RuntimeError, match="device index 1"):
+        torch.ones(2, device="remote_accelerator:1")
+
+
+def test_execution_errors_name_the_op(monkeypatch):
+    from genie.execution import local
+    lx = torch.ones(3, device=DEVICE) * 2
+
+    def boom(*a, **k):
+        raise RuntimeError("kernel exploded")
+
+    node = lx.genie_node
+    monkeypatch.setattr(node, "target", torch.ops.aten.mul.Tensor)
+    monkeypatch.setattr(local.LocalExecutor, "_resolve", lambda self, args: boom())
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        host(lx)
+
+
+def test_execution_device_validation(monkeypatch):
+    with pytest.raises(ValueError, match="unsupported execution device"):
+        genie.config._validate("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            genie.config._validate("cuda")
+
+
+def test_metadata_disagreement_is_an_error():
+    from genie.execution.local import LocalExecutor
+    from genie.graph.node import intern_spec
+    base = torch.ones(3, device=DEVICE)
+    host(base)
+    lx = base + 1
+    node = lx.genie_node
+    node.spec = intern_spec((4,), (1,), 0, torch.float32, 16)
+    with pytest.raises(RuntimeError, match="capture inferred"):
+        LocalExecutor(torch.device("cpu")).run_node(node)
