@@ -68,11 +68,32 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
     t._spec = spec
     t._storage = storage
     t._version = version
+    if spec.conj:
+        torch._C._set_conj(t, True)
+    if spec.neg:
+        torch._C._set_neg(t, True)
     return t
+
+
+_set_storage = torch.ops.aten.set_.source_Storage_storage_offset
+# set_'s CPU kernel only re-points a TensorImpl at a storage and sets sizes and strides; it is
+# the one way to make two wrapper subclasses share a storage object.
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def _share_storage(t, src, spec: TensorSpec) -> None:
+    """Make wrapper ``t`` use ``src``'s storage object, as a view does on a real device: composite
+    kernels compare storages (``is_alias_of``) to decide whether an out= view needs copying back."""
+    with no_dispatch():
+        _set_storage.redispatch(_CPU_KEYS, t, src.untyped_storage(), spec.offset, spec.shape, spec.stride)
 
 
 def _restride(t, spec: TensorSpec) -> None:
     """Give the wrapper ``t`` new metadata in place (squeeze_, resize_, a resized out=)."""
+    if spec.storage_nbytes <= t.untyped_storage().nbytes():
+        _share_storage(t, t, spec)
+        t._spec = spec
+        return
     shell = torch.Tensor._make_wrapper_subclass(
         LazyTensor, spec.shape, strides=spec.stride, storage_offset=spec.offset, dtype=spec.dtype,
         device=DEVICE, requires_grad=False, storage_size=spec.storage_nbytes)
@@ -161,6 +182,9 @@ def _device_error(func, other) -> RuntimeError:
 
 def _constant(a, func):
     """A plain tensor argument. Eager semantics read it at call time, so snapshot it."""
+    if a.layout != torch.strided:
+        raise NotImplementedError(f"{op_name(func)}: {a.layout} tensors are not supported on {DEVICE_TYPE} "
+                                  "(strided tensors only)")
     if a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_TENSOR_OK):
         return a.detach().clone()
     raise _device_error(func, a.device)
@@ -312,31 +336,35 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw):
             where, _ = oc.mutated[r[1]]
             results.append(get_arg(args, kwargs, where, func))
             continue
+        src = None
         if kind == "view":
             src = get_arg(args, kwargs, r[1], func)
-            storage = _storage_of(src) if isinstance(src, LazyTensor) else None
-        else:
-            storage = None
+            if not isinstance(src, LazyTensor):
+                src = None
+        storage = _storage_of(src) if src is not None else None
         if isinstance(spec, tuple):
             items = []
             for s in spec:
-                items.append(_wrap_out(s, out_nodes[pos], storage))
+                items.append(_wrap_out(s, out_nodes[pos], storage, src))
                 pos += 1
             results.append(items)
         else:
-            results.append(_wrap_out(spec, out_nodes[pos], storage))
+            results.append(_wrap_out(spec, out_nodes[pos], storage, src))
             pos += 1
     if len(oc.returns) == 0:
         return None
     return results[0] if len(results) == 1 else tuple(results)
 
 
-def _wrap_out(spec, node, storage):
+def _wrap_out(spec, node, storage, src=None):
     if spec is None:
         return None
     if storage is None:
         return new_lazy(spec, node)
-    return new_lazy(spec, node, storage, storage.version)
+    t = new_lazy(spec, node, storage, storage.version)
+    if src is not None:
+        _share_storage(t, src, spec)
+    return t
 
 
 # --------------------------------------------------------------------------------------------

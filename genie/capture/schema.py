@@ -55,6 +55,8 @@ class OpClass:
                     self.returns.append(("alias", idx))
                 else:
                     self.returns.append(("view", -1 - idx))
+        if schema.name in _UNANNOTATED_VIEWS:
+            self.returns = [("view", 0)]
         self.has_view = any(r[0] == "view" for r in self.returns)
         self.random = Tag.nondeterministic_seeded in tags
         self.dynamic = Tag.dynamic_output_shape in tags or Tag.data_dependent_output in tags or self.scalar_out
@@ -62,6 +64,10 @@ class OpClass:
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
         self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+
+
+# Ops that return a view of their first argument without saying so in their schema.
+_UNANNOTATED_VIEWS = frozenset({"aten::_unsafe_view"})
 
 
 def _alias_sets(ret, text: str) -> set:

@@ -18,16 +18,25 @@ from .base import Executor
 
 
 def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
-    """A copy of ``v`` laid out exactly as ``spec`` says, in a storage of its own."""
+    """A copy of ``v`` (same logical values) laid out exactly as ``spec`` says, in a storage of
+    its own, carrying the spec's lazy conjugate/negative bits."""
     itemsize = spec.dtype.itemsize
+    out = None
     if spec.offset == 0:
         out = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=v.device)
-        if out.untyped_storage().nbytes() >= spec.storage_nbytes:
-            out.copy_(v)
-            return out
-    buf = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=v.device)
-    out = buf.as_strided(spec.shape, spec.stride, spec.offset)
-    out.copy_(v)
+        if out.untyped_storage().nbytes() < spec.storage_nbytes:
+            out = None
+    if out is None:
+        buf = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=v.device)
+        out = buf.as_strided(spec.shape, spec.stride, spec.offset)
+    # copy_ copies logical values; a bit set afterwards flips them once more, so pre-flip
+    src = v.conj() if spec.conj else v
+    src = src.neg() if spec.neg else src
+    out.copy_(src)
+    if spec.conj:
+        torch._C._set_conj(out, True)
+    if spec.neg:
+        torch._C._set_neg(out, True)
     return out
 
 
@@ -116,7 +125,8 @@ class LocalExecutor(Executor):
             raise RuntimeError(
                 f"genie: {op_name(node.target)} (node %{node.id}) produced {tuple(value.shape)} {value.dtype}, but "
                 f"capture inferred {tuple(spec.shape)} {spec.dtype}")
-        if value.stride() != spec.stride or value.storage_offset() != spec.offset:
+        if value.stride() != spec.stride or value.storage_offset() != spec.offset or \
+                value.is_conj() != spec.conj or value.is_neg() != spec.neg:
             value = clone_exact(value, spec)
         return value
 

@@ -30,14 +30,17 @@ class TensorSpec:
     identity; that keeps the capture cache key cheap to build and hash.
     """
 
-    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "__weakref__")
+    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "conj", "neg", "__weakref__")
 
-    def __init__(self, shape, stride, offset, dtype, storage_nbytes):
+    def __init__(self, shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False):
         self.shape = shape
         self.stride = stride
         self.offset = offset
         self.dtype = dtype
         self.storage_nbytes = storage_nbytes
+        # the lazy conjugate / negative view bits (``x.conj()`` on complex tensors)
+        self.conj = conj
+        self.neg = neg
 
     def __repr__(self) -> str:
         return (f"TensorSpec(shape={tuple(self.shape)}, stride={self.stride}, offset={self.offset}, "
@@ -47,16 +50,18 @@ class TensorSpec:
 _spec_intern: dict[tuple, TensorSpec] = {}
 
 
-def intern_spec(shape, stride, offset, dtype, storage_nbytes) -> TensorSpec:
-    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes)
+def intern_spec(shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False) -> TensorSpec:
+    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg)
     spec = _spec_intern.get(key)
     if spec is None:
-        spec = _spec_intern.setdefault(key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes))
+        spec = _spec_intern.setdefault(
+            key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg))
     return spec
 
 
 def spec_of(t: torch.Tensor) -> TensorSpec:
-    return intern_spec(t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes())
+    return intern_spec(t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes(),
+                       t.is_conj(), t.is_neg())
 
 
 _names: dict[Any, str] = {}

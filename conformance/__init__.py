@@ -1,0 +1,1 @@
+"""Lazy-vs-eager conformance over PyTorch's OpInfo database (``nox -s conformance``)."""

@@ -1,0 +1,259 @@
+"""Every OpInfo x variant x dtype on the selected device: lazy must equal eager within 1e-5.
+
+One pytest item per cell, e.g. ``add.default-inplace-float32-cpu``. Samples come from the OpInfo
+itself, made inside the test (seeded), one subtest each so a failure names its sample. Per
+sample: eager runs on the device (under an aten census), the same call runs with every tensor on
+remote_accelerator; reported metadata must equal eager's before anything runs, the op must be
+captured (no fallback), in-place variants must return and mutate their input, and values must
+match. Known failures are data: ``conformance/manifest.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing._internal.common_methods_invocations import op_db
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import genie
+from conformance import manifest
+
+REMOTE = "remote_accelerator"
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "bool": torch.bool,
+    "complex64": torch.complex64,
+    "bfloat16": torch.bfloat16,
+}
+VARIANTS = ("function", "method", "inplace", "out")
+# ops whose outputs are uninitialised memory: metadata is compared, values cannot be
+UNINITIALISED = {"empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty_permuted"}
+ATOL = RTOL = 1e-5
+# tensor-free samples of these ops are not factories: they take no device argument
+NO_DEVICE_KWARG: set = set()
+
+
+def cell_name(op) -> str:
+    return f"{op.name}.{op.variant_test_name or 'default'}"
+
+
+def has_variant(op, variant: str) -> bool:
+    if variant == "function":
+        return True
+    if variant == "method":
+        return op.method_variant is not None
+    if variant == "inplace":
+        return op.inplace_variant is not None
+    return bool(op.supports_out)
+
+
+def cells(device: str):
+    for op in op_db:
+        supported = op.supported_dtypes(device)
+        for dname, dtype in DTYPES.items():
+            if dtype not in supported:
+                continue
+            for variant in VARIANTS:
+                if not has_variant(op, variant):
+                    continue
+                marks = []
+                if op.name.startswith("jiterator_") and device != "cuda":
+                    marks.append(pytest.mark.skip(reason="jiterator ops are CUDA-only (they list CPU dtypes)"))
+                yield pytest.param(op, variant, dname, device, marks=marks,
+                                   id=f"{cell_name(op)}-{variant}-{dname}-{device}")
+
+
+def pytest_generate_tests(metafunc):
+    if "cell" in metafunc.fixturenames:
+        device = metafunc.config.getoption("--genie-device")
+        metafunc.parametrize("cell", [pytest.param(p.values, marks=p.marks, id=p.id) for p in cells(device)])
+
+
+class Census(TorchDispatchMode):
+    """Records the aten overloads a call reaches."""
+
+    def __init__(self, seen: set):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def _to_remote(tree, device: str):
+    """The same call on remote_accelerator: every tensor moved, every mention of the eager
+    device (factory ``device=`` arguments, ``.to(device)``) pointed at the remote device."""
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(REMOTE)
+        if isinstance(x, torch.device) and x.type == device:
+            return torch.device(REMOTE)
+        if isinstance(x, str) and x in (device, f"{device}:0"):
+            return REMOTE
+        return x
+    return pytree.tree_map(move, tree)
+
+
+def _clone(tree):
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _host(tree):
+    return pytree.tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _call(op, variant, inp, args, kwargs, out=None):
+    if variant == "function":
+        return op(inp, *args, **kwargs)
+    if variant == "method":
+        return op.method_variant(inp, *args, **kwargs)
+    if variant == "inplace":
+        return op.inplace_variant(inp, *args, **kwargs)
+    return op(inp, *args, **kwargs, out=out)
+
+
+def _fallbacks() -> int:
+    return genie.capture_stats()["total_fallback"]
+
+
+def _assert_metadata(actual, expected, where="output"):
+    a_flat, _ = pytree.tree_flatten(actual)
+    e_flat, _ = pytree.tree_flatten(expected)
+    assert len(a_flat) == len(e_flat), f"{where}: {len(a_flat)} values, eager has {len(e_flat)}"
+    for i, (a, e) in enumerate(zip(a_flat, e_flat)):
+        if isinstance(e, torch.Tensor):
+            assert isinstance(a, torch.Tensor), f"{where}[{i}]: got {type(a).__name__}, eager a tensor"
+            assert a.device.type == REMOTE, f"{where}[{i}]: on {a.device}, not on {REMOTE}"
+            assert (a.shape, a.dtype) == (e.shape, e.dtype), \
+                f"{where}[{i}]: {tuple(a.shape)} {a.dtype}, eager {tuple(e.shape)} {e.dtype}"
+            if e.layout == torch.strided and e.numel() > 1:
+                # strides of size-1 dimensions carry no layout (torch's own significant-strides rule)
+                sig_a = [s for s, n in zip(a.stride(), a.shape) if n > 1]
+                sig_e = [s for s, n in zip(e.stride(), e.shape) if n > 1]
+                assert sig_a == sig_e, f"{where}[{i}]: strides {a.stride()}, eager {e.stride()}"
+            assert a.is_conj() == e.is_conj() and a.is_neg() == e.is_neg(), f"{where}[{i}]: conj/neg bits differ"
+
+
+def _assert_values(actual_host, expected, where="output"):
+    a_flat, _ = pytree.tree_flatten(actual_host)
+    e_flat, _ = pytree.tree_flatten(expected)
+    for i, (a, e) in enumerate(zip(a_flat, e_flat)):
+        if isinstance(e, torch.Tensor):
+            assert type(a) is torch.Tensor, f"{where}[{i}]: materialized as {type(a).__name__}"
+            torch.testing.assert_close(a, e.cpu(), rtol=RTOL, atol=ATOL, equal_nan=True, check_device=False,
+                                       msg=lambda m: f"{where}[{i}]: {m}")
+        else:
+            assert a == e or (a != a and e != e), f"{where}[{i}]: {a!r} != eager {e!r}"
+
+
+def check_sample(op, variant, sample, device: str, census: set):
+    inp, args, kwargs = sample.input, sample.args, sample.kwargs
+    values_comparable = op.name not in UNINITIALISED
+
+    # eager reference (inputs cloned: in-place and out= variants write)
+    e_inp, e_args, e_kwargs = _clone((inp, args, kwargs))
+    e_out = None
+    eager_error = None
+    try:
+        if variant == "out":
+            reference = op(*_clone((inp,)), *_clone(args), **_clone(kwargs))
+            if not all(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(reference)):
+                pytest.skip("out= variant: the function returns non-tensors")
+            e_out = pytree.tree_map(torch.empty_like, reference)
+        expected = _call(op, variant, e_inp, e_args, e_kwargs, e_out)
+    except pytest.skip.Exception:
+        raise
+    except Exception as e:  # eager rejects this sample: the lazy device must reject it too
+        eager_error = e
+    if eager_error is None:
+        # the census runs separately: some composite out= kernels misbehave under a dispatch mode
+        # (linalg.matrix_rank's out= leaves its output unwritten), so it must not feed the reference
+        c_inp, c_args, c_kwargs = _clone((inp, args, kwargs))
+        c_out = _clone(e_out)
+        try:
+            with Census(census):
+                _call(op, variant, c_inp, c_args, c_kwargs, c_out)
+        except Exception:  # noqa: BLE001 - the census is best effort; the reference already ran
+            pass
+
+    l_inp, l_args, l_kwargs = _to_remote((inp, args, kwargs), device)
+    if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves((inp, args, kwargs))) \
+            and "device" not in kwargs and op.name not in NO_DEVICE_KWARG:
+        l_kwargs = dict(l_kwargs, device=REMOTE)  # a factory call that relies on the default device
+    l_out = pytree.tree_map(lambda t: torch.empty_like(t, device=REMOTE), e_out) if e_out is not None else None
+    before = _fallbacks()
+    if eager_error is not None:
+        with pytest.raises(Exception):
+            _host(_call(op, variant, l_inp, l_args, l_kwargs, l_out))
+            _host(l_inp)
+        return
+    actual = _call(op, variant, l_inp, l_args, l_kwargs, l_out)
+    fell_back = _fallbacks() - before
+    assert fell_back == 0, f"not captured: {genie.capture_stats()['fallback']}"
+
+    if variant == "inplace":
+        assert actual is l_inp, "in-place variant did not return its input"
+    if variant == "out" and actual is not None:  # out= ops with no returns (``-> ()``) give None
+        a_flat, e_flat = pytree.tree_leaves(actual), pytree.tree_leaves(l_out)
+        assert all(a is o for a, o in zip(a_flat, e_flat)), "out= variant did not return its out tensors"
+        _assert_metadata(l_out, e_out, "out")
+    _assert_metadata(actual, expected)
+    actual_host = _host(actual)
+    if values_comparable:
+        _assert_values(actual_host, expected)
+        if variant == "inplace":
+            _assert_values(_host(l_inp), e_inp, "mutated input")
+        if variant == "out":
+            _assert_values(_host(l_out), e_out, "out")
+
+
+def test_op(cell, subtests, record_property):
+    op, variant, dname, device = cell
+    name = cell_name(op)
+    reason = manifest.lookup(name, variant, dname, device)
+    torch.manual_seed(0)
+    samples = list(op.sample_inputs(device, DTYPES[dname], requires_grad=False))
+    census: set = set()
+    failed = []
+    for i, sample in enumerate(samples):
+        if reason is not None:
+            try:
+                check_sample(op, variant, sample, device, census)
+            except pytest.skip.Exception:
+                pass
+            except BaseException as e:  # noqa: BLE001 - a known failure; tallied below
+                failed.append(f"sample {i}: {type(e).__name__}: {_first_line(e)}")
+            continue
+        with subtests.test(msg=f"sample {i}", sample=_describe(sample)):
+            try:
+                check_sample(op, variant, sample, device, census)
+            except pytest.skip.Exception:
+                raise
+            except BaseException as e:
+                failed.append(f"sample {i}: {type(e).__name__}: {_first_line(e)}")
+                raise
+    record_property("genie_detail", {"samples": len(samples), "failed_samples": len(failed),
+                                     "first_failure": failed[0] if failed else "", "aten": sorted(census)})
+    if reason is not None:
+        if failed:
+            pytest.xfail(reason)
+        pytest.fail(f"[XPASS(strict)] {name}-{variant}-{dname}-{device} passes now: remove its manifest entry "
+                    f"({reason})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:240] if text else ""
+
+
+def _describe(sample) -> str:
+    def d(t):
+        if isinstance(t, torch.Tensor):
+            return f"T{tuple(t.shape)}:{str(t.dtype).removeprefix('torch.')}"
+        return repr(t)[:40]
+    parts = [d(sample.input)] + [d(a) for a in sample.args] + [f"{k}={d(v)}" for k, v in sample.kwargs.items()]
+    return ", ".join(parts)[:200]
