@@ -12,7 +12,7 @@ import time
 from torch.testing._internal import common_utils  # noqa: F401
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("genie-ci", derandomize=True, deadline=None, max_examples=200, print_blob=True,
+settings.register_profile("genie-ci", derandomize=True, deadline=None, max_examples=500, print_blob=True,
                           suppress_health_check=list(HealthCheck))
 settings.register_profile("genie-dev", deadline=None, max_examples=200, suppress_health_check=list(HealthCheck))
 settings.load_profile("genie-ci" if os.environ.get("CI") else "genie-dev")

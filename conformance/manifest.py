@@ -31,6 +31,15 @@ XFAILS: list[XFail] = [
     XFail("tensor_split.default", ("function", "method"), ALL, BOTH,
           "the sample's tensor_indices_or_sections must stay on the host (eager CUDA rejects it on the device "
           "too); the harness moves every tensor"),
+    XFail("linalg.matrix_rank.default", ("out",), ("float32", "float64", "complex64"), BOTH,
+          "PyTorch: linalg_matrix_rank_out's tensor-subclass path rebinds its out argument instead of writing "
+          "it; eager under any TorchDispatchMode loses the value the same way"),
+    XFail("linalg.matrix_rank.hermitian", ("out",), ("float32", "float64", "complex64"), BOTH,
+          "PyTorch: linalg_matrix_rank_out's tensor-subclass path rebinds its out argument instead of writing "
+          "it; eager under any TorchDispatchMode loses the value the same way"),
+    XFail("nn.functional.scaled_dot_product_attention.default", ("function",), ("bfloat16",), CPU,
+          "on a PrivateUse1 device sdpa takes the math path (the fused-kernel choice is a C++ dispatch stub a "
+          "Python backend cannot register); bf16 rounding differs from the CPU flash kernel by 1 ulp"),
     XFail("sparse.mm.reduce", ("function",), ALL, BOTH, SPARSE),
     XFail("sparse.sampled_addmm.default", ("function", "out"), ALL, BOTH, SPARSE),
     XFail("to_sparse.default", ("function", "method"), ALL, BOTH, SPARSE),

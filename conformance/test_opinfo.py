@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import genie
 from conformance import manifest
+from genie.capture import stats
 
 REMOTE = "remote_accelerator"
 DTYPES = {
@@ -33,7 +34,7 @@ VARIANTS = ("function", "method", "inplace", "out")
 UNINITIALISED = {"empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty_permuted"}
 ATOL = RTOL = 1e-5
 # tensor-free samples of these ops are not factories: they take no device argument
-NO_DEVICE_KWARG: set = set()
+NO_DEVICE_KWARG = {"broadcast_shapes"}
 
 
 def cell_name(op) -> str:
@@ -106,7 +107,13 @@ def _host(tree):
     return pytree.tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, tree)
 
 
+CALL_SEED = 42
+
+
 def _call(op, variant, inp, args, kwargs, out=None):
+    # every call starts from one seed, on both sides: the in-place variants of random ops are
+    # not wrapped in wrapper_set_seed by their OpInfos
+    torch.manual_seed(CALL_SEED)
     if variant == "function":
         return op(inp, *args, **kwargs)
     if variant == "method":
@@ -117,7 +124,7 @@ def _call(op, variant, inp, args, kwargs, out=None):
 
 
 def _fallbacks() -> int:
-    return genie.capture_stats()["total_fallback"]
+    return stats.total_fallbacks()
 
 
 def _assert_metadata(actual, expected, where="output"):
@@ -135,7 +142,8 @@ def _assert_metadata(actual, expected, where="output"):
                 sig_a = [s for s, n in zip(a.stride(), a.shape) if n > 1]
                 sig_e = [s for s, n in zip(e.stride(), e.shape) if n > 1]
                 assert sig_a == sig_e, f"{where}[{i}]: strides {a.stride()}, eager {e.stride()}"
-            assert a.is_conj() == e.is_conj() and a.is_neg() == e.is_neg(), f"{where}[{i}]: conj/neg bits differ"
+            if where != "out":  # an out= kernel may flip its out's lazy bits; the logical values decide
+                assert a.is_conj() == e.is_conj() and a.is_neg() == e.is_neg(), f"{where}[{i}]: conj/neg bits differ"
 
 
 def _assert_values(actual_host, expected, where="output"):
@@ -216,7 +224,9 @@ def test_op(cell, subtests, record_property):
     name = cell_name(op)
     reason = manifest.lookup(name, variant, dname, device)
     torch.manual_seed(0)
-    samples = list(op.sample_inputs(device, DTYPES[dname], requires_grad=False))
+    # sample_inputs_func directly: OpInfo.sample_inputs wraps it in an iterator that inspects the
+    # call stack (about 15 ms a cell) to support PyTorch's own sample tracking, unused here
+    samples = list(op.sample_inputs_func(op, device, DTYPES[dname], False))
     census: set = set()
     failed = []
     for i, sample in enumerate(samples):

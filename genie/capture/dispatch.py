@@ -21,9 +21,10 @@ from torch.utils._mode_utils import no_dispatch
 
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
 from . import stats
+from ._tls import eager_kernels
 from .meta import NoMetaKernel, infer
 from .rng import chain
-from .schema import classify, get_arg
+from .schema import _classes, classify, get_arg
 
 aten = torch.ops.aten
 DEVICE_TYPE = "remote_accelerator"
@@ -60,19 +61,31 @@ def is_remote_device(d) -> bool:
 # wrappers
 
 
+_make_wrapper = torch.Tensor._make_wrapper_subclass
+_STRIDED = torch.strided
+_captured = stats.captured
+
+
 def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
-    t = torch.Tensor._make_wrapper_subclass(
-        LazyTensor, spec.shape, strides=spec.stride, storage_offset=spec.offset, dtype=spec.dtype,
-        device=DEVICE, requires_grad=False, storage_size=spec.storage_nbytes)
+    # positional arguments: (cls, size, strides, storage_offset, memory_format, dtype, layout, device,
+    # pin_memory, requires_grad, dispatch_sizes_strides_policy, dispatch_device, dispatch_layout,
+    # _extra_dispatch_keys, storage_size); keyword parsing costs measurably on this path
+    t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
+                      False, False, None, False, False, None, spec.storage_nbytes)
     t._node = node
     t._spec = spec
     t._storage = storage
     t._version = version
+    if spec.conj or spec.neg:
+        _set_bits(t, spec)
+    return t
+
+
+def _set_bits(t, spec: TensorSpec) -> None:
     if spec.conj:
         torch._C._set_conj(t, True)
     if spec.neg:
         torch._C._set_neg(t, True)
-    return t
 
 
 _set_storage = torch.ops.aten.set_.source_Storage_storage_offset
@@ -156,15 +169,17 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
     elif old is s.root_spec:
         s.root = node
     else:
+        # the written node's value sits in a full copy of the storage (execution.local.clone_exact),
+        # so that whole storage, seen flat, is the new root
         root_spec = s.root_spec
-        flat = _flat(s.root, root_spec, spec.dtype)
-        scat = Node(aten.as_strided_scatter.default, (flat, node, tuple(spec.shape), spec.stride, spec.offset),
-                    _EMPTY, flat.spec)
+        n = spec.storage_nbytes // spec.dtype.itemsize
+        flat = Node(aten.as_strided.default, (node, (n,), (1,), 0), _EMPTY,
+                    intern_spec((n,), (1,), 0, spec.dtype, spec.storage_nbytes))
         if spec.dtype is not root_spec.dtype:
-            n = root_spec.storage_nbytes // root_spec.dtype.itemsize
-            scat = Node(aten.view.dtype, (scat, root_spec.dtype), _EMPTY,
-                        intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes))
-        s.root, s.root_spec = scat, scat.spec
+            m = spec.storage_nbytes // root_spec.dtype.itemsize
+            flat = Node(aten.view.dtype, (flat, root_spec.dtype), _EMPTY,
+                        intern_spec((m,), (1,), 0, root_spec.dtype, spec.storage_nbytes))
+        s.root, s.root_spec = flat, flat.spec
     s.version += 1
     t._node = node
     t._version = s.version
@@ -230,13 +245,39 @@ def _walk(seq, key, func):
 # the handler
 
 
+def torch_dispatch(cls, func, types, args=(), kwargs=None):
+    """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``."""
+    oc = _classes.get(func)
+    if oc is not None and oc.plain:
+        key = [func]
+        nargs = tuple(_walk(args, key, func))
+        if kwargs:
+            return _capture_general(func, oc, args, kwargs, key, nargs)
+        inf = _cache.get(tuple(key))
+        if inf is not None and inf.error is None:
+            spec = inf.outs[0]
+            if spec.__class__ is TensorSpec:
+                _captured[func] += 1
+                t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
+                                  DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
+                t._node = Node(func, nargs, _EMPTY, spec)
+                t._spec = spec
+                t._storage = None
+                t._version = 0
+                if spec.conj or spec.neg:
+                    _set_bits(t, spec)
+                return t
+    return capture(func, args, kwargs or _EMPTY)
+
+
 def capture(func, args, kwargs):
-    special = _SPECIAL.get(func)
-    if special is not None:
-        result = special(func, args, kwargs)
+    oc = _classes.get(func)
+    if oc is None:
+        oc = classify(func)
+    if oc.special is not None:
+        result = oc.special(func, args, kwargs)
         if result is not _FALLTHROUGH:
             return result
-    oc = classify(func)
     if oc.composite:
         out = func.decompose(*args, **kwargs)
         if out is not NotImplemented:
@@ -245,6 +286,10 @@ def capture(func, args, kwargs):
         return run_eagerly(func, oc, args, kwargs, stats.eager)
     key = [func]
     nargs = tuple(_walk(args, key, func))
+    return _capture_general(func, oc, args, kwargs, key, nargs)
+
+
+def _capture_general(func, oc, args, kwargs, key, nargs):
     if kwargs:
         nkw = {}
         for k, v in kwargs.items():
@@ -260,8 +305,8 @@ def capture(func, args, kwargs):
         return run_eagerly(func, oc, args, kwargs, stats.fallback)
     if inf.error is not None:
         raise op_error(func, inf.error)
-    stats.captured[func] += 1
-    if not oc.writes and not oc.has_view and not oc.random:
+    _captured[func] += 1
+    if oc.plain:
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
             return new_lazy(outs[0], Node(func, nargs, nkw, outs[0]))
@@ -424,7 +469,7 @@ def run_eagerly(func, oc, args, kwargs, counter):
         else:
             rargs = tuple(rargs[:where]) + (clones,) + tuple(rargs[where + 1:])
     try:
-        with no_dispatch(), torch.no_grad():
+        with eager_kernels():
             out = func(*rargs, **rkwargs)
     except Exception as e:
         raise op_error(func, e) from e
@@ -462,16 +507,20 @@ def _to_copy(func, args, kwargs):
     # leaving the device: .cpu(), .to("cpu"), .to("cuda")
     src = args[0]
     value = value_of(src)
-    with no_dispatch(), torch.no_grad():
+    with eager_kernels():
         return func(value, *args[1:], **kwargs)
 
 
 def _copy_(func, args, kwargs):
     dst, src = args[0], args[1]
+    if dst is src or (isinstance(dst, LazyTensor) and isinstance(src, LazyTensor) and dst._storage is not None
+                      and dst._storage is src._storage and dst._spec is src._spec):
+        return dst  # eager returns at once for a copy onto the very same data: no overlap check, no work
     if not isinstance(dst, LazyTensor):
         # device -> host copy into an existing tensor
-        with no_dispatch(), torch.no_grad():
-            dst.copy_(value_of(src), *args[2:], **kwargs)
+        value = value_of(src)
+        with eager_kernels():
+            dst.copy_(value, *args[2:], **kwargs)
         return dst
     return _FALLTHROUGH
 
@@ -492,6 +541,10 @@ _SPECIAL = {
     aten.set_.source_Storage: _unsupported,
     aten.set_.source_Storage_storage_offset: _unsupported,
 }
+for _func, _handler in _SPECIAL.items():
+    _oc = classify(_func)
+    _oc.special, _oc.plain = _handler, False
+del _func, _handler, _oc
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,5 +571,5 @@ def capture_factory(func, args, kwargs):
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE}")
     if inf.error is not None:
         raise op_error(func, inf.error)
-    stats.captured[func] += 1
+    _captured[func] += 1
     return _build(func, oc, inf, args, kwargs, nargs, nkw)

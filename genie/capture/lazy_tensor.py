@@ -21,9 +21,7 @@ class LazyTensor(torch.Tensor):
     # about 1 us per op and would wrap results of plain tensors).
     __torch_function__ = torch._C._disabled_torch_function_impl
 
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return dispatch.capture(func, args, kwargs or {})
+    __torch_dispatch__ = classmethod(dispatch.torch_dispatch)
 
     # -- values leave the device only through these --------------------------------------
 

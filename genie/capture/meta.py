@@ -9,7 +9,8 @@ layout: the metadata of a non-data-dependent op cannot depend on values.
 from __future__ import annotations
 
 import torch
-from torch.utils._mode_utils import no_dispatch
+
+from ._tls import eager_kernels
 
 from ..graph.node import TensorSpec, spec_of
 
@@ -25,6 +26,7 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c", "aten::_fused_rms_norm",
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
+    "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
 })
 
 
@@ -90,7 +92,8 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     """Run ``func`` on stand-ins and describe its outputs. Errors that eager would raise are
     returned inside ``Inferred.error`` so the cache can replay them."""
     try:
-        if func._schema.name in REAL_KERNEL_METADATA:
+        if func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls):
+            # meta kernels skip the internal-overlap check eager makes on written tensors
             raise NotImplementedError("metadata from the real kernel")
         return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
     except NotImplementedError:
@@ -110,6 +113,24 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
         return Inferred(None, None, e)
 
 
+def _writes_overlapping(opclass, args, kwargs, func, lazy_cls) -> bool:
+    if not opclass.writes:
+        return False
+    from .schema import get_arg
+    for where, is_list in opclass.mutated:
+        a = get_arg(args, kwargs, where, func)
+        for t in (a if is_list and a is not None else [a]):
+            if isinstance(t, lazy_cls) and _has_internal_overlap(t._spec):
+                return True
+    return False
+
+
+def _has_internal_overlap(spec) -> bool:
+    """Certain self-overlap (a stride-0 dimension of size > 1), as at::has_internal_overlap says
+    MemOverlap::Yes; computed from the spec so that no value is needed."""
+    return any(st == 0 and n > 1 for n, st in zip(spec.shape, spec.stride))
+
+
 def _looks_like_missing_meta(e: Exception) -> bool:
     msg = str(e)
     return ("meta" in msg.lower() and ("not implemented" in msg.lower() or "doesn't support" in msg
@@ -120,7 +141,7 @@ def _looks_like_missing_meta(e: Exception) -> bool:
 def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill):
     margs = _convert(args, device, fill, lazy_cls, is_remote_device)
     mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device) for k, v in kwargs.items()}
-    with no_dispatch(), torch.no_grad():
+    with eager_kernels():
         out = func(*margs, **mkwargs)
     outs = out if isinstance(out, tuple) and len(opclass.returns) != 1 else (out,)
     if len(opclass.returns) == 0:

@@ -16,7 +16,7 @@ Tag = torch.Tag
 
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
-                 "writes", "composite")
+                 "writes", "composite", "plain", "special")
 
     def __init__(self, func):
         self.func = func
@@ -64,6 +64,10 @@ class OpClass:
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
         self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+        self.special = None  # a handler of dispatch's special-op table, set by dispatch
+        # the capture fast path: one fresh output, nothing written, no RNG, no data dependence
+        self.plain = not (self.composite or self.dynamic or self.writes or self.has_view or self.random) \
+            and len(self.returns) == 1 and not self.scalar_out
 
 
 # Ops that return a view of their first argument without saying so in their schema.

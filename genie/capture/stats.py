@@ -30,6 +30,10 @@ def capture_stats() -> dict:
     }
 
 
+def total_fallbacks() -> int:
+    return sum(fallback.values())
+
+
 def reset_capture_stats() -> None:
     captured.clear()
     eager.clear()

@@ -9,8 +9,8 @@ from what the meta kernel promised is re-laid-out here, never passed on.
 from __future__ import annotations
 
 import torch
-from torch.utils._mode_utils import no_dispatch
 
+from ..capture._tls import eager_kernels
 from ..capture.rng import _seed_state
 from ..capture.schema import classify, get_arg
 from ..graph.node import Node, TensorSpec, getitem, op_name
@@ -19,20 +19,30 @@ from .base import Executor
 
 def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     """A copy of ``v`` (same logical values) laid out exactly as ``spec`` says, in a storage of
-    its own, carrying the spec's lazy conjugate/negative bits."""
+    its own, carrying the spec's lazy conjugate/negative bits.
+
+    Where it can, the whole storage behind ``v`` is copied, not just ``v``'s elements: an
+    in-place op on the copy then leaves the complete new state of the storage behind it, which
+    is how a write through a view becomes the storage's new root (see dispatch._mutate), and it
+    also works for views that overlap themselves (expand), which an elementwise copy cannot fill.
+    """
     itemsize = spec.dtype.itemsize
-    out = None
-    if spec.offset == 0:
-        out = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=v.device)
-        if out.untyped_storage().nbytes() < spec.storage_nbytes:
-            out = None
-    if out is None:
-        buf = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=v.device)
+    n = (spec.storage_nbytes + itemsize - 1) // itemsize
+    buf = torch.empty(n, dtype=spec.dtype, device=v.device)
+    same_bits = v.is_conj() == spec.conj and v.is_neg() == spec.neg
+    if same_bits and v.dtype == spec.dtype and v.untyped_storage().nbytes() >= spec.storage_nbytes \
+            and v.storage_offset() == spec.offset:
+        raw = v.as_strided((n,), (1,), 0)
+        raw = raw.conj() if v.is_conj() else raw  # logical value of the raw memory
+        raw = raw.neg() if v.is_neg() else raw
+        buf.copy_(raw)
         out = buf.as_strided(spec.shape, spec.stride, spec.offset)
-    # copy_ copies logical values; a bit set afterwards flips them once more, so pre-flip
-    src = v.conj() if spec.conj else v
-    src = src.neg() if spec.neg else src
-    out.copy_(src)
+    else:
+        out = buf.as_strided(spec.shape, spec.stride, spec.offset)
+        # copy_ copies logical values; a bit set afterwards flips them once more, so pre-flip
+        src = v.conj() if spec.conj else v
+        src = src.neg() if spec.neg else src
+        out.copy_(src)
     if spec.conj:
         torch._C._set_conj(out, True)
     if spec.neg:
@@ -47,7 +57,7 @@ class LocalExecutor(Executor):
             else torch.default_generator
 
     def execute(self, plan) -> None:
-        with no_dispatch(), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+        with eager_kernels():
             super().execute(plan)
 
     def run_node(self, node: Node):

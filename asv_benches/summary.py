@@ -1,0 +1,92 @@
+"""reports/index.html: one screen of headline ratios (measured now, in one process) and links to
+the coverage, conformance and asv reports. ``python -m asv_benches.summary REPORTS_DIR``."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
+    """(name, value, unit, target) rows; ratios are to eager measured in the same run."""
+    from .bench_capture import PROGRAMS
+    from .bench_materialize import _forward_times
+    from .bench_memory import BytesPerNode, MemoryOverhead
+    from .common import REMOTE, interleaved_ratio
+
+    rows = []
+    for name in ("add", "relu_mm", "view", "inplace", "reduction", "conv2d", "factory", "transformer_block"):
+        number = 50 if name == "transformer_block" else (300 if quick else 2000)
+        ratio, eager, lazy = interleaved_ratio(PROGRAMS[name]("cpu"), PROGRAMS[name](REMOTE), number=number,
+                                               repeat=3 if quick else 9)
+        target = "<= 1.0x" if name in ("add", "relu_mm") else "<= 2.0x"
+        rows.append((f"capture {name} (eager {eager:.2f} us, lazy {lazy:.2f} us)", ratio, "x eager", target))
+    rows.append(("bytes per captured node (100k chain, RSS)", BytesPerNode().track_bytes_per_node(), "bytes", "<= 500"))
+    rows.append(("memory overhead, 1M-element tensor", MemoryOverhead().track_mem_overhead_percent("tensor_1M"),
+                 "%", "< 1%"))
+    if not quick:
+        for model in ("mlp", "resnet18", "transformer"):
+            e, la = _forward_times(model, repeat=5)
+            rows.append((f"forward {model}, capture + execute (eager {e * 1e3:.1f} ms)", la / e, "x eager", "<= 1.10x"))
+    del REMOTE
+    return rows
+
+
+def write_index(reports: str, rows) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        commit = "unknown"
+    conf = os.path.join(reports, "conformance", "results.json")
+    conf_line = "not run yet (<code>nox -s conformance</code>)"
+    if os.path.exists(conf):
+        from conformance.report import summarize
+        with open(conf) as f:
+            s = summarize(json.load(f))
+        conf_line = (f"{s['totals'].get('pass', 0)} of {s['cells']} cells pass, {s['totals'].get('xfail', 0)} known "
+                     f"failures, {s['totals'].get('fail', 0)} unexpected; aten census {s['aten_passed']}/"
+                     f"{s['aten_exercised']}")
+    links = [("coverage/index.html", "Coverage (nox -s tests)"),
+             ("conformance/index.html", "Conformance matrix (nox -s conformance)"),
+             ("perf/index.html", "asv history (nox -s perf_report)")]
+    link_html = "".join(
+        f"<li><a href='{href}'>{label}</a>{'' if os.path.exists(os.path.join(reports, href)) else ' (not built)'}</li>"
+        for href, label in links)
+    row_html = "".join(
+        f"<tr><td>{html.escape(n)}</td><td class='value'>{v:.3g}</td><td>{u}</td><td>{t}</td></tr>"
+        for n, v, u, t in rows)
+    doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Genie reports</title>
+<style>body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; }} table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; }} th {{ background: #f3f3f3; }}</style></head><body>
+<h1>Genie reports</h1>
+<p>commit <b id="commit">{html.escape(commit)}</b> &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>
+<ul>{link_html}</ul>
+<p>Conformance: {conf_line}</p>
+<h2>Headline figures (ratios to eager, same process)</h2>
+<table id="headline"><tr><th>figure</th><th>value</th><th>unit</th><th>target</th></tr>{row_html}</table>
+</body></html>"""
+    path = os.path.join(reports, "index.html")
+    os.makedirs(reports, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(doc)
+    return path
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    reports = argv[0] if argv else "reports"
+    quick = "--quick" in argv
+    rows = headline(quick=quick)
+    for n, v, u, t in rows:
+        print(f"{n:70s} {v:10.3f} {u:8s} target {t}")
+    print(write_index(reports, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

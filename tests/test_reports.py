@@ -1,0 +1,67 @@
+"""The HTML reports render in a real browser, and what they show matches the JSON behind them."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conformance.report import summarize, write_html
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')")
+
+
+def _payload():
+    rows = []
+    for i, (op, outcome) in enumerate([("add.default", "pass"), ("mul.default", "pass"), ("addbmm.default", "xfail"),
+                                       ("jiterator_unary.default", "skip"), ("sin.default", "fail")]):
+        rows.append({"op": op, "variant": "function", "dtype": "float32", "device": "cpu", "outcome": outcome,
+                     "reason": "known" if outcome == "xfail" else "", "samples": 3, "failed_samples": 0,
+                     "duration": 0.1, "aten": [f"aten::op{i}.default", "aten::shared.default"]})
+    return {"torch": "2.13.0", "python": "3.11", "commit": "abc123", "device": "cpu", "started": 0,
+            "duration_s": 1.0, "results": rows}
+
+
+def test_summary_counts():
+    s = summarize(_payload())
+    assert s["totals"] == {"pass": 2, "xfail": 1, "skip": 1, "fail": 1}
+    assert s["aten_exercised"] == 6
+    assert s["aten_passed"] == 2  # op0, op1; 'shared' also appears in non-passing cells
+    assert s["by_dtype"]["float32"]["pass"] == 2
+
+
+def _dump_dom(path):
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={os.path.dirname(path)}/chrome-profile", "--dump-dom", f"file://{path}"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@needs_chromium
+def test_conformance_report_renders(tmp_path):
+    payload = _payload()
+    path = tmp_path / "index.html"
+    write_html(payload, str(path))
+    dom = _dump_dom(str(path))
+    rows = re.findall(r"<tr class=\"(pass|fail|xfail|skip)\">", dom)
+    assert len(rows) == len(payload["results"])
+    s = summarize(payload)
+    for key in ("pass", "xfail", "fail", "skip"):
+        m = re.search(rf'id="total-{key}">(\d+)<', dom)
+        assert m and int(m.group(1)) == s["totals"].get(key, 0)
+    assert json.loads(json.dumps(payload))["results"][0]["op"] in dom
+
+
+def test_report_cli_check(tmp_path):
+    with open(tmp_path / "results.json", "w") as f:
+        json.dump(_payload(), f)
+    from conformance.report import main
+    assert main([str(tmp_path)]) == 0
+    assert main([str(tmp_path), "--check"]) == 1  # one unexpected failure
+    assert (tmp_path / "index.html").exists()
