@@ -297,6 +297,9 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
             nkw[k] = _walk((v,), key, func)[0]
     else:
         nkw = _EMPTY
+    if oc.writes:
+        # whether arguments share memory decides eager's overlap errors: part of the signature
+        key.append(_alias_signature(args, kwargs))
     key = tuple(key)
     inf = _cache.get(key)
     if inf is None:
@@ -311,6 +314,20 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
             return new_lazy(outs[0], Node(func, nargs, nkw, outs[0]))
     return _build(func, oc, inf, args, kwargs, nargs, nkw)
+
+
+def _alias_signature(args, kwargs) -> tuple:
+    groups: dict = {}
+    sig = []
+    stack = [tuple(args), tuple(kwargs.values())]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, LazyTensor):
+                g = a._storage
+                sig.append(None if g is None else groups.setdefault(id(g), len(groups)))
+            elif isinstance(a, (list, tuple)):
+                stack.append(tuple(a))
+    return tuple(sig)
 
 
 def _infer(key, func, oc, args, kwargs):

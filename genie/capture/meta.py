@@ -46,14 +46,20 @@ class Inferred:
         self.error = error
 
 
-def _stand_in(t, device, spec: TensorSpec, fill: bool):
-    """A tensor on ``device`` with exactly ``spec``'s layout, storage size included."""
-    itemsize = spec.dtype.itemsize
-    storage = torch.empty((spec.storage_nbytes + itemsize - 1) // itemsize, dtype=spec.dtype, device=device)
-    if fill:
-        storage.zero_()
+def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None):
+    """A tensor on ``device`` with exactly ``spec``'s layout, storage size included. Tensors of
+    one alias group share one stand-in storage (``storages``), so kernels see their aliasing."""
+    group = getattr(t, "_storage", None)
+    storage = storages.get(id(group)) if storages is not None and group is not None else None
+    if storage is None:
+        storage = torch.empty(spec.storage_nbytes, dtype=torch.uint8, device=device)
+        if fill:
+            storage.zero_()
+        storage = storage.untyped_storage()
+        if storages is not None and group is not None:
+            storages[id(group)] = storage
     out = torch.empty(0, dtype=spec.dtype, device=device)
-    out.set_(storage.untyped_storage(), spec.offset, spec.shape, spec.stride)
+    out.set_(storage, spec.offset, spec.shape, spec.stride)
     if spec.conj:
         torch._C._set_conj(out, True)
     if spec.neg:
@@ -61,15 +67,15 @@ def _stand_in(t, device, spec: TensorSpec, fill: bool):
     return out
 
 
-def _convert(a, device, fill, lazy_cls, is_remote_device):
+def _convert(a, device, fill, lazy_cls, is_remote_device, storages):
     if isinstance(a, lazy_cls):
-        return _stand_in(a, device, a._spec, fill)
+        return _stand_in(a, device, a._spec, fill, storages)
     if isinstance(a, torch.Tensor):
         if device.type == "meta" and a.dim() > 0:
             return _stand_in(a, device, spec_of(a), fill)
         return a
     if isinstance(a, (list, tuple)):
-        conv = [_convert(x, device, fill, lazy_cls, is_remote_device) for x in a]
+        conv = [_convert(x, device, fill, lazy_cls, is_remote_device, storages) for x in a]
         return conv if isinstance(a, list) else tuple(conv)
     if isinstance(a, torch.device) and is_remote_device(a):
         return device
@@ -92,8 +98,9 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     """Run ``func`` on stand-ins and describe its outputs. Errors that eager would raise are
     returned inside ``Inferred.error`` so the cache can replay them."""
     try:
-        if func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls):
-            # meta kernels skip the internal-overlap check eager makes on written tensors
+        if func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls) \
+                or (opclass.writes and _aliased_arguments(args, kwargs, lazy_cls)):
+            # meta kernels skip the overlap checks eager makes on written tensors
             raise NotImplementedError("metadata from the real kernel")
         return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
     except NotImplementedError:
@@ -125,6 +132,23 @@ def _writes_overlapping(opclass, args, kwargs, func, lazy_cls) -> bool:
     return False
 
 
+def _aliased_arguments(args, kwargs, lazy_cls) -> bool:
+    """Do two distinct tensor arguments share memory?"""
+    seen: dict = {}
+    stack = [args, tuple(kwargs.values())]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, lazy_cls):
+                group = a._storage
+                if group is not None:
+                    other = seen.setdefault(id(group), a)
+                    if other is not a:
+                        return True
+            elif isinstance(a, (list, tuple)):
+                stack.append(a)
+    return False
+
+
 def _has_internal_overlap(spec) -> bool:
     """Certain self-overlap (a stride-0 dimension of size > 1), as at::has_internal_overlap says
     MemOverlap::Yes; computed from the spec so that no value is needed."""
@@ -139,8 +163,9 @@ def _looks_like_missing_meta(e: Exception) -> bool:
 
 
 def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill):
-    margs = _convert(args, device, fill, lazy_cls, is_remote_device)
-    mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device) for k, v in kwargs.items()}
+    storages: dict = {}
+    margs = _convert(args, device, fill, lazy_cls, is_remote_device, storages)
+    mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device, storages) for k, v in kwargs.items()}
     with eager_kernels():
         out = func(*margs, **mkwargs)
     outs = out if isinstance(out, tuple) and len(opclass.returns) != 1 else (out,)
