@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import dispatch, fastpath
 
 
 class LazyTensor(torch.Tensor):
@@ -69,3 +69,4 @@ def _rebuild(host: torch.Tensor, requires_grad: bool):
 
 
 dispatch.LazyTensor = LazyTensor
+fastpath.install(LazyTensor)
