@@ -59,6 +59,6 @@ def transformer_encoder(d_model: int = 256, layers: int = 2) -> nn.Module:
 
 MODELS = {
     "mlp": (lambda: mlp(), lambda: torch.randn(256, 1024)),
-    "resnet18": (lambda: ResNet18(), lambda: torch.randn(4, 3, 64, 64)),
+    "resnet18": (lambda: ResNet18(), lambda: torch.randn(1, 3, 224, 224)),  # the canonical input
     "transformer": (lambda: transformer_encoder(), lambda: torch.randn(8, 128, 256)),
 }
