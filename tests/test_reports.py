@@ -65,3 +65,17 @@ def test_report_cli_check(tmp_path):
     assert main([str(tmp_path)]) == 0
     assert main([str(tmp_path), "--check"]) == 1  # one unexpected failure
     assert (tmp_path / "index.html").exists()
+
+
+@needs_chromium
+def test_reports_index_renders(tmp_path):
+    from asv_benches.summary import write_index
+    rows = [("capture add", 1.05, "x eager", "<= 1.0x"), ("bytes per captured node", 191.0, "bytes", "<= 500")]
+    (tmp_path / "conformance").mkdir()
+    with open(tmp_path / "conformance" / "results.json", "w") as f:
+        json.dump(_payload(), f)
+    path = write_index(str(tmp_path), rows)
+    dom = _dump_dom(path)
+    assert dom.count("<tr>") == len(rows) + 1
+    assert "2 of 5 cells pass" in dom
+    assert re.search(r'id="commit">\w+<', dom)
