@@ -28,9 +28,6 @@ XFAILS: list[XFail] = [
     XFail("addbmm.default", ("inplace",), ALL, BOTH,
           "eager's addbmm_ resizes a broadcastable self ([1] -> [5, 10]); the meta kernel, like FakeTensor, "
           "rejects it, so the lazy device raises where eager resizes"),
-    XFail("tensor_split.default", ("function", "method"), ALL, BOTH,
-          "the sample's tensor_indices_or_sections must stay on the host (eager CUDA rejects it on the device "
-          "too); the harness moves every tensor"),
     XFail("linalg.matrix_rank.default", ("out",), ("float32", "float64", "complex64"), BOTH,
           "PyTorch: linalg_matrix_rank_out's tensor-subclass path rebinds its out argument instead of writing "
           "it; eager under any TorchDispatchMode loses the value the same way"),

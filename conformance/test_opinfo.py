@@ -35,6 +35,9 @@ UNINITIALISED = {"empty", "empty_like", "new_empty", "new_empty_strided", "empty
 ATOL = RTOL = 1e-5
 # tensor-free samples of these ops are not factories: they take no device argument
 NO_DEVICE_KWARG = {"broadcast_shapes"}
+# samples whose positional tensor arguments are host tensors by the op's contract (made with
+# torch.tensor(...) on the default device whatever the sample device; eager CUDA requires that)
+HOST_ARGS = {"tensor_split"}
 
 
 def cell_name(op) -> str:
@@ -189,6 +192,8 @@ def check_sample(op, variant, sample, device: str, census: set):
             pass
 
     l_inp, l_args, l_kwargs = _to_remote((inp, args, kwargs), device)
+    if op.name in HOST_ARGS:
+        l_args = args
     if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves((inp, args, kwargs))) \
             and "device" not in kwargs and op.name not in NO_DEVICE_KWARG:
         l_kwargs = dict(l_kwargs, device=REMOTE)  # a factory call that relies on the default device

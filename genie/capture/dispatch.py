@@ -246,27 +246,43 @@ def _walk(seq, key, func):
 
 
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
-    """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``."""
+    """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
+
+    Hot path: an op with one fresh output (``OpClass.plain``), positional arguments that are
+    current LazyTensors or Python numbers, and a signature already in the cache."""
     oc = _classes.get(func)
-    if oc is not None and oc.plain:
+    if oc is not None and oc.plain and not kwargs:
         key = [func]
-        nargs = tuple(_walk(args, key, func))
-        if kwargs:
-            return _capture_general(func, oc, args, kwargs, key, nargs)
-        inf = _cache.get(tuple(key))
-        if inf is not None and inf.error is None:
-            spec = inf.outs[0]
-            if spec.__class__ is TensorSpec:
-                _captured[func] += 1
-                t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
-                                  DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
-                t._node = Node(func, nargs, _EMPTY, spec)
-                t._spec = spec
-                t._storage = None
-                t._version = 0
-                if spec.conj or spec.neg:
-                    _set_bits(t, spec)
-                return t
+        nargs = []
+        for a in args:
+            c = a.__class__
+            if c is LazyTensor:
+                s = a._storage
+                if s is not None and a._version != s.version:
+                    break
+                key.append(a._spec)
+                nargs.append(a._node)
+            elif c is int or c is float or c is bool:
+                key.append(c)
+                key.append(a)
+                nargs.append(a)
+            else:
+                break
+        else:
+            inf = _cache.get(tuple(key))
+            if inf is not None and inf.error is None:
+                spec = inf.outs[0]
+                if spec.__class__ is TensorSpec:
+                    _captured[func] += 1
+                    t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
+                                      DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
+                    t._node = Node(func, tuple(nargs), _EMPTY, spec)
+                    t._spec = spec
+                    t._storage = None
+                    t._version = 0
+                    if spec.conj or spec.neg:
+                        _set_bits(t, spec)
+                    return t
     return capture(func, args, kwargs or _EMPTY)
 
 
@@ -313,6 +329,12 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
             return new_lazy(outs[0], Node(func, nargs, nkw, outs[0]))
+    elif oc.simple_inplace:
+        t = args[0]
+        spec = inf.mutated[0]
+        if t.__class__ is LazyTensor and t._storage is None and spec is t._spec:
+            t._node = Node(func, nargs, nkw, spec)  # nothing aliases t: it just gets a new value
+            return t
     return _build(func, oc, inf, args, kwargs, nargs, nkw)
 
 
@@ -570,10 +592,11 @@ del _func, _handler, _oc
 
 def capture_factory(func, args, kwargs):
     device = kwargs.get("device")
-    if device is not None and torch.device(device).index not in (None, 0):
-        raise RuntimeError(f"{op_name(func)}: {DEVICE_TYPE} device index {torch.device(device).index} "
-                           "is out of range (1 device)")
-    oc = classify(func)
+    if device is not None:
+        index = device.index if device.__class__ is torch.device else torch.device(device).index
+        if index is not None and index != 0:
+            raise RuntimeError(f"{op_name(func)}: {DEVICE_TYPE} device index {index} is out of range (1 device)")
+    oc = _classes.get(func) or classify(func)
     key = [func]
     nargs = tuple(_walk(args, key, func))
     nkw = {}

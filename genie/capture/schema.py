@@ -16,7 +16,8 @@ Tag = torch.Tag
 
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
-                 "writes", "composite", "plain", "special")
+                 "writes", "composite", "plain", "special",
+                 "simple_inplace")
 
     def __init__(self, func):
         self.func = func
@@ -68,6 +69,9 @@ class OpClass:
         # the capture fast path: one fresh output, nothing written, no RNG, no data dependence
         self.plain = not (self.composite or self.dynamic or self.writes or self.has_view or self.random) \
             and len(self.returns) == 1 and not self.scalar_out
+        # x.add_(y): writes its first argument only and returns it
+        self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
+            self.composite or self.dynamic or self.random or self.inplace_view)
 
 
 # Ops that return a view of their first argument without saying so in their schema.
