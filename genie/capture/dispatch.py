@@ -101,10 +101,36 @@ def _share_storage(t, src, spec: TensorSpec) -> None:
         _set_storage.redispatch(_CPU_KEYS, t, src.untyped_storage(), spec.offset, spec.shape, spec.stride)
 
 
+_make_subclass = torch.Tensor._make_subclass
+_no_python_dispatch = torch._C._DisableTorchDispatch
+_below_inplace_or_view = torch._C._AutoDispatchBelowADInplaceOrView
+
+
+def _view_of(src, spec: TensorSpec):
+    """A wrapper for a view of ``src`` that shares its storage object, as views on a real device
+    do: composite kernels compare storages (``is_alias_of``) to decide whether an out= view needs
+    copying back. ``_make_subclass`` aliases ``src``'s TensorImpl storage and ``as_strided_`` sets
+    the view's geometry: half the cost of a fresh wrapper re-pointed with ``set_``."""
+    if spec.dtype is not src._spec.dtype:
+        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
+                          False, False, None, False, False, None, spec.storage_nbytes)
+        _share_storage(t, src, spec)
+    else:
+        with _no_python_dispatch(), _below_inplace_or_view():  # no version-counter bump on src
+            t = _make_subclass(LazyTensor, src)
+            t.as_strided_(spec.shape, spec.stride, spec.offset)
+    if t.is_conj() != spec.conj:
+        torch._C._set_conj(t, spec.conj)
+    if t.is_neg() != spec.neg:
+        torch._C._set_neg(t, spec.neg)
+    return t
+
+
 def _restride(t, spec: TensorSpec) -> None:
     """Give the wrapper ``t`` new metadata in place (squeeze_, resize_, a resized out=)."""
-    if spec.storage_nbytes <= t.untyped_storage().nbytes():
-        _share_storage(t, t, spec)
+    if spec.storage_nbytes <= t.untyped_storage().nbytes() and spec.dtype is t._spec.dtype:
+        with _no_python_dispatch(), _below_inplace_or_view():
+            t.as_strided_(spec.shape, spec.stride, spec.offset)
         t._spec = spec
         return
     shell = torch.Tensor._make_wrapper_subclass(
@@ -445,9 +471,13 @@ def _wrap_out(spec, node, storage, src=None):
         return None
     if storage is None:
         return new_lazy(spec, node)
-    t = new_lazy(spec, node, storage, storage.version)
-    if src is not None:
-        _share_storage(t, src, spec)
+    if src is None:
+        return new_lazy(spec, node, storage, storage.version)
+    t = _view_of(src, spec)
+    t._node = node
+    t._spec = spec
+    t._storage = storage
+    t._version = storage.version
     return t
 
 
