@@ -25,18 +25,6 @@ BOTH = ("cpu", "cuda")
 SPARSE = "sparse layouts are not supported on remote_accelerator (strided tensors only); the op fails loudly"
 
 XFAILS: list[XFail] = [
-    XFail("addbmm.default", ("inplace",), ALL, BOTH,
-          "eager's addbmm_ resizes a broadcastable self ([1] -> [5, 10]); the meta kernel, like FakeTensor, "
-          "rejects it, so the lazy device raises where eager resizes"),
-    XFail("linalg.matrix_rank.default", ("out",), ("float32", "float64", "complex64"), BOTH,
-          "PyTorch: linalg_matrix_rank_out's tensor-subclass path rebinds its out argument instead of writing "
-          "it; eager under any TorchDispatchMode loses the value the same way"),
-    XFail("linalg.matrix_rank.hermitian", ("out",), ("float32", "float64", "complex64"), BOTH,
-          "PyTorch: linalg_matrix_rank_out's tensor-subclass path rebinds its out argument instead of writing "
-          "it; eager under any TorchDispatchMode loses the value the same way"),
-    XFail("nn.functional.scaled_dot_product_attention.default", ("function",), ("bfloat16",), CPU,
-          "on a PrivateUse1 device sdpa takes the math path (the fused-kernel choice is a C++ dispatch stub a "
-          "Python backend cannot register); bf16 rounding differs from the CPU flash kernel by 1 ulp"),
     XFail("fft.ihfft2.default", ("out",), ALL, BOTH,
           "PyTorch: fft_ihfftn_impl calls conj_physical_out(tmp, out) with out and self swapped when one dim is "
           "transformed; eager's out= result is uninitialised memory as well"),

@@ -135,6 +135,32 @@ def _copy_from(src, dst, non_blocking=False):
     return dispatch.capture(torch.ops.aten.copy_.default, (dst, src), {"non_blocking": non_blocking})
 
 
+# Composite out= kernels whose tensor-subclass branch rebinds ``out`` instead of writing it (the
+# caller's tensor keeps garbage; eager under any TorchDispatchMode shows the same). For tensors on
+# this device they are replaced, at the device's autograd key, by "compute, then copy into out".
+_REBINDING_OUT_OPS = {
+    "linalg_matrix_rank.atol_rtol_tensor_out": "atol_rtol_tensor",
+    "linalg_matrix_rank.atol_rtol_float_out": "atol_rtol_float",
+    "linalg_matrix_rank.out": "default",
+    "linalg_matrix_rank.out_tol_tensor": "tol_tensor",
+}
+
+
+def _register_out_fixes(lib) -> None:
+    packet = torch.ops.aten.linalg_matrix_rank
+    for name, functional in _REBINDING_OUT_OPS.items():
+        func = getattr(packet, functional)
+
+        def kernel(*args, _func=func, **kwargs):
+            out = kwargs.pop("out")
+            result = _func(*args, **kwargs)
+            if out.shape != result.shape:
+                out.resize_(result.shape)
+            return out.copy_(result)
+
+        lib.impl(name, kernel, "AutogradPrivateUse1")
+
+
 def register() -> None:
     global _registered
     if _registered:
@@ -146,6 +172,7 @@ def register() -> None:
     lib = torch.library.Library("aten", "IMPL")
     _register_factories(lib)
     lib.impl("_copy_from", _copy_from, "PrivateUse1")
+    _register_out_fixes(lib)
     # No backend fallback: for an op that reaches PrivateUse1 without a LazyTensor, torch's own
     # "Could not run 'aten::X' with arguments from the 'remote_accelerator' backend" names it.
     _libs.append(lib)

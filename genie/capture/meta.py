@@ -27,6 +27,7 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
     "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
+    "aten::addbmm_",  # eager resizes a broadcastable self ([1] -> [n, m]); the meta kernel rejects it
 })
 
 
