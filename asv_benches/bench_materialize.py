@@ -77,6 +77,10 @@ class ForwardTime:
             self.model.to(REMOTE)
             self.x = self.x.to(REMOTE)
             materialize([self.x] + list(self.model.parameters()) + list(self.model.buffers()))
+        with torch.no_grad():  # warm-up: first-call costs (signature cache, allocator) are not per-forward
+            out = self.model(self.x)
+            if device == "lazy":
+                materialize(out)
 
     def time_forward(self, model, device):
         with torch.no_grad():
