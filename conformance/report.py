@@ -39,9 +39,12 @@ def summarize(payload: dict) -> dict:
             census_bad.update(aten)
     opinfo_all_pass = sorted(op for op, outs in ops.items() if outs <= {"pass", "skip"} and "pass" in outs)
     f32 = defaultdict(set)
+    f32_fn = defaultdict(set)
     for r in rows:
         if r["dtype"] == "float32" and r["device"] == "cpu":
             f32[r["op"]].add(r["outcome"])
+            if r["variant"] == "function":
+                f32_fn[r["op"]].add(r["outcome"])
     return {
         "totals": dict(totals),
         "cells": len(rows),
@@ -52,6 +55,7 @@ def summarize(payload: dict) -> dict:
         "opinfos_all_pass": len(opinfo_all_pass),
         "float32_cpu_opinfos": len(f32),
         "float32_cpu_opinfos_all_pass": sum(1 for outs in f32.values() if outs <= {"pass", "skip"} and "pass" in outs),
+        "float32_cpu_opinfos_function_pass": sum(1 for outs in f32_fn.values() if outs == {"pass"}),
         "aten_exercised": len(census_seen),
         "aten_passed": len(census_seen - census_bad),
         "pass_rate": (totals["pass"] / max(1, len(rows) - totals["skip"])),
@@ -96,7 +100,8 @@ tr.xfail td.outcome {{ background: #fbefc4; }} tr.skip td.outcome {{ background:
 &middot; xfail <b id="total-xfail">{totals.get('xfail', 0)}</b> &middot; fail <b id="total-fail">{totals.get('fail', 0)}</b>
 &middot; skip <b id="total-skip">{totals.get('skip', 0)}</b> &middot; pass rate {s['pass_rate']:.2%}</p>
 <p>OpInfos: {s['opinfos']} ({s['opinfos_all_pass']} pass every cell); float32 CPU: {s['float32_cpu_opinfos_all_pass']} of
-{s['float32_cpu_opinfos']} pass every sample. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
+{s['float32_cpu_opinfos']} pass every sample in every variant, <b id="f32-function">{s['float32_cpu_opinfos_function_pass']}</b>
+in the function variant. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
 aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in passing cells.</p>
 <p>torch {html.escape(payload['torch'])} &middot; python {payload['python']} &middot; commit {html.escape(payload['commit'])}
 &middot; device {payload['device']} &middot; started {started} &middot; run time {payload['duration_s']} s</p>

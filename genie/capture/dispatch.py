@@ -63,7 +63,6 @@ def is_remote_device(d) -> bool:
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _STRIDED = torch.strided
-_captured = stats.captured
 
 
 def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
@@ -276,9 +275,9 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
 
     Hot path: an op with one fresh output (``OpClass.plain``), positional arguments that are
     current LazyTensors or Python numbers, and a signature already in the cache."""
-    oc = _classes.get(func)
+    oc = _classes.get(id(func))
     if oc is not None and oc.plain and not kwargs:
-        key = [func]
+        key = [oc]
         nargs = []
         for a in args:
             c = a.__class__
@@ -292,6 +291,18 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                 key.append(c)
                 key.append(a)
                 nargs.append(a)
+            elif c is list or c is tuple:  # int lists: dims, sizes (same key as _walk builds)
+                sub = []
+                for x in a:
+                    if x.__class__ is not int:
+                        break
+                    sub.append(int)
+                    sub.append(x)
+                else:
+                    key.append(tuple(sub))
+                    nargs.append(tuple(a))
+                    continue
+                break
             else:
                 break
         else:
@@ -299,7 +310,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
             if inf is not None and inf.error is None:
                 spec = inf.outs[0]
                 if spec.__class__ is TensorSpec:
-                    _captured[func] += 1
+                    oc.captured += 1
                     t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
                                       DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
                     t._node = Node(func, tuple(nargs), _EMPTY, spec)
@@ -313,7 +324,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
 
 
 def capture(func, args, kwargs):
-    oc = _classes.get(func)
+    oc = _classes.get(id(func))
     if oc is None:
         oc = classify(func)
     if oc.special is not None:
@@ -325,8 +336,8 @@ def capture(func, args, kwargs):
         if out is not NotImplemented:
             return out
     if oc.dynamic:
-        return run_eagerly(func, oc, args, kwargs, stats.eager)
-    key = [func]
+        return run_eagerly(func, oc, args, kwargs)
+    key = [oc]
     nargs = tuple(_walk(args, key, func))
     return _capture_general(func, oc, args, kwargs, key, nargs)
 
@@ -347,10 +358,10 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if inf is None:
         inf = _infer(key, func, oc, args, kwargs)
     if inf is _FALLBACK:
-        return run_eagerly(func, oc, args, kwargs, stats.fallback)
+        return run_eagerly(func, oc, args, kwargs, fallback=True)
     if inf.error is not None:
         raise op_error(func, inf.error)
-    _captured[func] += 1
+    oc.captured += 1
     if oc.plain:
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
@@ -510,10 +521,14 @@ def _clone_exact(v: torch.Tensor) -> torch.Tensor:
     return clone_exact(v, spec_of(v))
 
 
-def run_eagerly(func, oc, args, kwargs, counter):
+def run_eagerly(func, oc, args, kwargs, fallback=False):
     """Run the op now on real values: data-dependent ops (nonzero, item, ...) and ops whose
-    output metadata cannot be inferred. The result re-enters the graph as materialized nodes."""
-    counter[func] += 1
+    output metadata cannot be inferred (``fallback``). The result re-enters the graph as
+    materialized nodes."""
+    if fallback:
+        oc.fallback += 1
+    else:
+        oc.eager += 1
     rargs = _real(args)
     rkwargs = {k: _real(v) for k, v in kwargs.items()}
     written = []
@@ -626,8 +641,8 @@ def capture_factory(func, args, kwargs):
         index = device.index if device.__class__ is torch.device else torch.device(device).index
         if index is not None and index != 0:
             raise RuntimeError(f"{op_name(func)}: {DEVICE_TYPE} device index {index} is out of range (1 device)")
-    oc = _classes.get(func) or classify(func)
-    key = [func]
+    oc = _classes.get(id(func)) or classify(func)
+    key = [oc]
     nargs = tuple(_walk(args, key, func))
     nkw = {}
     for k, v in kwargs.items():
@@ -641,5 +656,7 @@ def capture_factory(func, args, kwargs):
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE}")
     if inf.error is not None:
         raise op_error(func, inf.error)
-    _captured[func] += 1
+    oc.captured += 1
+    if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
+        return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
     return _build(func, oc, inf, args, kwargs, nargs, nkw)

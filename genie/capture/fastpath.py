@@ -14,6 +14,7 @@ import torch
 
 from ..graph.node import _EMPTY, Node, TensorSpec
 from . import dispatch
+from .schema import classify
 
 aten = torch.ops.aten
 _grad_enabled = torch.is_grad_enabled
@@ -23,8 +24,8 @@ _autocast = torch._C._is_any_autocast_enabled
 _SCALARS = (int, float, bool)
 
 
-def _fast(func, a, b):
-    """The LazyTensor for ``func(a, b)`` if the fast path applies, else None."""
+def _fast(oc, a, b):
+    """The LazyTensor for ``oc.func(a, b)`` if the fast path applies, else None."""
     if _dispatch_modes() or _function_modes() or _autocast():
         return None
     if a.requires_grad and _grad_enabled():
@@ -39,10 +40,10 @@ def _fast(func, a, b):
         sb = b._storage
         if sb is not None and b._version != sb.version:
             return None
-        key = (func, a._spec, b._spec)
+        key = (oc, a._spec, b._spec)
         nargs = (a._node, b._node)
     elif cb in _SCALARS:
-        key = (func, a._spec, cb, b)
+        key = (oc, a._spec, cb, b)
         nargs = (a._node, b)
     else:
         return None
@@ -52,22 +53,23 @@ def _fast(func, a, b):
     spec = inf.outs[0]
     if spec.__class__ is not TensorSpec or spec.conj or spec.neg:
         return None
-    dispatch._captured[func] += 1
+    oc.captured += 1
     t = dispatch._make_wrapper(dispatch.LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype,
                                dispatch._STRIDED, dispatch.DEVICE, False, False, None, False, False, None,
                                spec.storage_nbytes)
-    t._node = Node(func, nargs, _EMPTY, spec)
+    t._node = Node(oc.func, nargs, _EMPTY, spec)
     t._spec = spec
     t._storage = None
     t._version = 0
     return t
 
 
-def _binary(name: str, func, swap: bool = False):
+def _binary(name: str, func):
     slow = getattr(torch.Tensor, name)
+    oc = classify(func)
 
     def method(self, other):
-        out = _fast(func, self, other)
+        out = _fast(oc, self, other)
         return slow(self, other) if out is None else out
 
     method.__name__ = name
@@ -75,9 +77,12 @@ def _binary(name: str, func, swap: bool = False):
     return method
 
 
+_MM = None
+
+
 def _matmul(self, other):
     if other.__class__ is dispatch.LazyTensor and len(self._spec.shape) == 2 and len(other._spec.shape) == 2:
-        out = _fast(aten.mm.default, self, other)
+        out = _fast(_MM, self, other)
         if out is not None:
             return out
     return torch.Tensor.__matmul__(self, other)
@@ -85,6 +90,8 @@ def _matmul(self, other):
 
 def install(cls) -> None:
     """Give ``cls`` (LazyTensor) the fast operator methods."""
+    global _MM
+    _MM = classify(aten.mm.default)
     for name, func in (("__add__", aten.add.Tensor), ("__radd__", aten.add.Tensor),
                        ("__mul__", aten.mul.Tensor), ("__rmul__", aten.mul.Tensor),
                        ("__sub__", aten.sub.Tensor), ("__truediv__", aten.div.Tensor)):

@@ -1,29 +1,30 @@
 """Per-op counters of how each call was handled: captured lazily, run eagerly because the op
-needs values (data-dependent), or fallen back because no metadata could be inferred."""
+needs values (data-dependent), or fallen back because no metadata could be inferred. The counts
+live on each op's OpClass (no hashing on the capture path) and are summed by name here."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from ..graph.node import op_name
+from .schema import _classes
 
-captured: Counter = Counter()
-eager: Counter = Counter()
-fallback: Counter = Counter()
+
+def _by_name(attr: str) -> dict:
+    out: Counter = Counter()
+    for oc in list(_classes.values()):
+        n = getattr(oc, attr)
+        if n:
+            out[op_name(oc.func)] += n
+    return dict(out)
 
 
 def capture_stats() -> dict:
-    def by_name(c):
-        out: Counter = Counter()
-        for op, n in c.items():
-            out[op_name(op)] += n
-        return dict(out)
-
-    cap, eag, fb = by_name(captured), by_name(eager), by_name(fallback)
+    cap, eag, fb = _by_name("captured"), _by_name("eager"), _by_name("fallback")
     return {
-        "captured": cap,
-        "data_dependent": eag,
-        "fallback": fb,
+        "captured": Counter(cap),
+        "data_dependent": Counter(eag),
+        "fallback": Counter(fb),
         "total_captured": sum(cap.values()),
         "total_data_dependent": sum(eag.values()),
         "total_fallback": sum(fb.values()),
@@ -31,10 +32,9 @@ def capture_stats() -> dict:
 
 
 def total_fallbacks() -> int:
-    return sum(fallback.values())
+    return sum(oc.fallback for oc in list(_classes.values()))
 
 
 def reset_capture_stats() -> None:
-    captured.clear()
-    eager.clear()
-    fallback.clear()
+    for oc in list(_classes.values()):
+        oc.captured = oc.eager = oc.fallback = 0
