@@ -25,6 +25,9 @@ BOTH = ("cpu", "cuda")
 SPARSE = "sparse layouts are not supported on remote_accelerator (strided tensors only); the op fails loudly"
 
 XFAILS: list[XFail] = [
+    XFail("nn.functional.scaled_dot_product_attention.default", ("function",), ("bfloat16",), CPU,
+          "on a PrivateUse1 device sdpa takes the math path (the fused-kernel choice is a C++ dispatch stub a "
+          "Python backend cannot register); bf16 rounding differs from the CPU flash kernel by 1 ulp"),
     XFail("fft.ihfft2.default", ("out",), ALL, BOTH,
           "PyTorch: fft_ihfftn_impl calls conj_physical_out(tmp, out) with out and self swapped when one dim is "
           "transformed; eager's out= result is uninitialised memory as well"),

@@ -130,6 +130,14 @@ def _fallbacks() -> int:
     return stats.total_fallbacks()
 
 
+def significant_strides(t: torch.Tensor) -> tuple:
+    """Strides that carry layout: those of dimensions longer than 1 (torch's own rule when it
+    compares strides); none for tensors of at most one element."""
+    if t.numel() <= 1:
+        return ()
+    return tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
+
+
 def _assert_metadata(actual, expected, where="output", check_bits=True):
     a_flat, _ = pytree.tree_flatten(actual)
     e_flat, _ = pytree.tree_flatten(expected)
@@ -140,11 +148,9 @@ def _assert_metadata(actual, expected, where="output", check_bits=True):
             assert a.device.type == REMOTE, f"{where}[{i}]: on {a.device}, not on {REMOTE}"
             assert (a.shape, a.dtype) == (e.shape, e.dtype), \
                 f"{where}[{i}]: {tuple(a.shape)} {a.dtype}, eager {tuple(e.shape)} {e.dtype}"
-            if e.layout == torch.strided and e.numel() > 1:
-                # strides of size-1 dimensions carry no layout (torch's own significant-strides rule)
-                sig_a = [s for s, n in zip(a.stride(), a.shape) if n > 1]
-                sig_e = [s for s, n in zip(e.stride(), e.shape) if n > 1]
-                assert sig_a == sig_e, f"{where}[{i}]: strides {a.stride()}, eager {e.stride()}"
+            if e.layout == torch.strided:
+                assert significant_strides(a) == significant_strides(e), \
+                    f"{where}[{i}]: strides {a.stride()}, eager {e.stride()}"
             if check_bits:  # an out= kernel may flip its out's lazy bits; the logical values decide
                 assert a.is_conj() == e.is_conj() and a.is_neg() == e.is_neg(), f"{where}[{i}]: conj/neg bits differ"
 

@@ -14,6 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conformance.test_opinfo import significant_strides
+
 REMOTE = "remote_accelerator"
 SHAPES = [(4,), (3, 4), (2, 3, 4), (1, 4), (3, 1), (2, 1, 4)]
 
@@ -87,7 +89,7 @@ def run(shapes, instrs, seed, device):
     for instr in instrs:
         try:
             out = step(pool, instr)
-        except (RuntimeError, IndexError, ValueError) as e:
+        except (RuntimeError, IndexError, ValueError, TypeError) as e:
             outcomes.append(type(e).__name__)
             continue
         outcomes.append("ok")
@@ -104,7 +106,8 @@ def test_random_programs_match_eager(prog):
     assert [o != "ok" for o in lazy_outcomes] == [o != "ok" for o in eager_outcomes], \
         f"accepted/rejected differ: eager {eager_outcomes}, lazy {lazy_outcomes}"
     for n, (lz, e) in enumerate(zip(lazy_pool, eager_pool)):
-        assert (lz.shape, lz.stride(), lz.dtype) == (e.shape, e.stride(), e.dtype), f"tensor {n} metadata"
+        assert (lz.shape, significant_strides(lz), lz.dtype) == (e.shape, significant_strides(e), e.dtype), \
+            f"tensor {n} metadata: {lz.shape} {lz.stride()} {lz.dtype}, eager {e.shape} {e.stride()} {e.dtype}"
         got = lz.cpu()
         assert type(got) is torch.Tensor
         torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-5, equal_nan=True, msg=lambda m: f"tensor {n}: {m}")
