@@ -36,6 +36,8 @@ _materialize = None  # bound by genie/execution/scheduler.py
 # ops whose eager CUDA kernels accept CPU tensors beside device tensors
 _CPU_TENSOR_OK = {aten.copy_.default, aten.index.Tensor, aten.index_put_.default, aten.index_put.default,
                   aten._index_put_impl_.default, aten._to_copy.default}
+# copies onto the device take their source from any device (host, or the CUDA execution device)
+_ANY_SOURCE = {aten.copy_.default, aten._to_copy.default}
 
 _cache: dict = {}
 _CACHE_LIMIT = 1 << 16
@@ -225,7 +227,7 @@ def _constant(a, func):
     if a.layout != torch.strided:
         raise NotImplementedError(f"{op_name(func)}: {a.layout} tensors are not supported on {DEVICE_TYPE} "
                                   "(strided tensors only)")
-    if a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_TENSOR_OK):
+    if func in _ANY_SOURCE or (a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_TENSOR_OK)):
         return a.detach().clone()
     raise _device_error(func, a.device)
 
