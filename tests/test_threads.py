@@ -55,3 +55,28 @@ def test_concurrent_random_capture_is_consistent():
     # each thread got one of eager's draws, none twice
     matched = sorted(next(i for i, e in enumerate(expected) if torch.equal(v, e)) for v in values)
     assert matched == [0, 1, 2, 3]
+
+
+def test_materialization_waits_with_a_timeout(monkeypatch):
+    from genie.execution import scheduler
+    monkeypatch.setattr(scheduler, "LOCK_TIMEOUT_S", 0.05)
+    x = torch.ones(3, device=DEVICE) + 1
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with scheduler._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    try:
+        import pytest
+        with pytest.raises(TimeoutError, match="GENIE_MATERIALIZE_TIMEOUT_S"):
+            x.cpu()
+    finally:
+        release.set()
+        t.join(10)
+    assert torch.equal(host(x), torch.full((3,), 2.0))

@@ -12,6 +12,7 @@ that borrows references) the cost is a recomputation, never a wrong or missing v
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -19,6 +20,8 @@ from ..graph.node import _EMPTY, Node, iter_inputs
 
 _lock = threading.RLock()
 _executor = None
+# How long a materialization waits for another thread's run to finish before it gives up.
+LOCK_TIMEOUT_S = float(os.environ.get("GENIE_MATERIALIZE_TIMEOUT_S", "600"))
 
 
 def get_executor():
@@ -119,11 +122,16 @@ def materialize(node: Node):
     value = node.value
     if value is not None:
         return value
-    with _lock:
+    if not _lock.acquire(timeout=LOCK_TIMEOUT_S):
+        raise TimeoutError(f"genie: waited {LOCK_TIMEOUT_S:.0f} s for another thread's materialization "
+                           f"(set GENIE_MATERIALIZE_TIMEOUT_S to wait longer); {node!r} was not computed")
+    try:
         if node.value is None:
             plan = Plan(node)
             try:
                 get_executor().execute(plan)
             finally:
                 plan.finish()
+    finally:
+        _lock.release()
     return node.value
