@@ -135,6 +135,22 @@ def test_pickle_roundtrip(tmp_path):
     lx = torch.arange(6.0, device=DEVICE).reshape(2, 3)
     path = tmp_path / "t.pt"
     torch.save(lx, path)
-    loaded = torch.load(path, weights_only=False)
-    assert type(loaded) is genie.LazyTensor
-    assert torch.equal(host(loaded), torch.arange(6.0).reshape(2, 3))
+    for weights_only in (True, False):  # True is torch.load's default
+        loaded = torch.load(path, weights_only=weights_only)
+        assert type(loaded) is genie.LazyTensor
+        assert torch.equal(host(loaded), torch.arange(6.0).reshape(2, 3))
+    model = torch.nn.Linear(2, 2).to(DEVICE)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt")
+    assert torch.equal(host(state["weight"]), host(model.weight.detach()))
+
+
+def test_deepcopy_of_module_on_device():
+    import copy
+    m = torch.nn.Linear(3, 2).to(DEVICE)
+    m2 = copy.deepcopy(m)
+    assert type(m2.weight) is genie.LazyTensor and m2.weight is not m.weight
+    assert torch.equal(host(m2.weight.detach()), host(m.weight.detach()))
+    with torch.no_grad():
+        m2.weight.zero_()
+    assert not torch.equal(host(m2.weight.detach()), host(m.weight.detach()))

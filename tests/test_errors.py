@@ -48,8 +48,9 @@ def test_unsupported_storage_ops_fail_loudly():
     lx = torch.ones(3, device=DEVICE)
     with pytest.raises(NotImplementedError, match="aten::set_"):
         lx.set_(torch.UntypedStorage(12))
-    with pytest.raises(RuntimeError, match="no host-visible storage"):
-        lx.data_ptr()
+    # like every storage-less wrapper subclass (FakeTensor, DTensor), data_ptr() is 0: torch's own
+    # code (Tensor.__deepcopy__) relies on that to choose clone() over a storage copy
+    assert lx.data_ptr() == 0
 
 
 def test_other_device_index_is_rejected():
