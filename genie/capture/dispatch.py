@@ -7,9 +7,10 @@ off that path.
 
 Aliasing model. Tensors that share memory share a ``LazyStorage``. Its ``root`` is the node whose
 value has the storage's layout (``root_spec``). A write through any alias makes a new root (the
-written tensor itself when it covers the storage, else an ``as_strided_scatter`` into the old
-root) and bumps the storage version; other aliases notice the version on their next use and
-re-derive their value from the root. A tensor that nobody aliases has no LazyStorage at all.
+written tensor itself when it covers the storage, else the written copy of the whole storage,
+seen flat: see ``_mutate``) and bumps the storage version; other aliases notice the version on
+their next use and re-derive their value from the root. A tensor that nobody aliases has no
+LazyStorage at all.
 """
 
 from __future__ import annotations
@@ -108,10 +109,9 @@ _below_inplace_or_view = torch._C._AutoDispatchBelowADInplaceOrView
 
 
 def _view_of(src, spec: TensorSpec):
-    """A wrapper for a view of ``src`` that shares its storage object, as views on a real device
-    do: composite kernels compare storages (``is_alias_of``) to decide whether an out= view needs
-    copying back. ``_make_subclass`` aliases ``src``'s TensorImpl storage and ``as_strided_`` sets
-    the view's geometry: half the cost of a fresh wrapper re-pointed with ``set_``."""
+    """A wrapper for a view of ``src`` sharing its storage object (see ``_share_storage``).
+    ``_make_subclass`` aliases ``src``'s storage and ``as_strided_`` sets the view's geometry: half
+    the cost of a fresh wrapper re-pointed with ``set_``, which only dtype views still need."""
     if spec.dtype is not src._spec.dtype:
         t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
                           False, False, None, False, False, None, spec.storage_nbytes)
@@ -151,7 +151,7 @@ def _storage_of(t) -> LazyStorage:
 
 
 def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
-    """The root's whole storage as a 1-d tensor of ``dtype``."""
+    """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``."""
     n = root_spec.storage_nbytes // root_spec.dtype.itemsize
     spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes)
     node = root if (root_spec is spec) else Node(aten.as_strided.default, (root, (n,), (1,), 0), _EMPTY, spec)
@@ -197,15 +197,8 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
         s.root = node
     else:
         # the written node's value sits in a full copy of the storage (execution.local.clone_exact),
-        # so that whole storage, seen flat, is the new root
-        root_spec = s.root_spec
-        n = spec.storage_nbytes // spec.dtype.itemsize
-        flat = Node(aten.as_strided.default, (node, (n,), (1,), 0), _EMPTY,
-                    intern_spec((n,), (1,), 0, spec.dtype, spec.storage_nbytes))
-        if spec.dtype is not root_spec.dtype:
-            m = spec.storage_nbytes // root_spec.dtype.itemsize
-            flat = Node(aten.view.dtype, (flat, root_spec.dtype), _EMPTY,
-                        intern_spec((m,), (1,), 0, root_spec.dtype, spec.storage_nbytes))
+        # so that whole storage, seen flat in the storage's dtype, is the new root
+        flat = _flat(node, spec, s.root_spec.dtype)
         s.root, s.root_spec = flat, flat.spec
     s.version += 1
     t._node = node
