@@ -268,10 +268,11 @@ def _walk(seq, key, func):
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
 
-    Hot path: an op with one fresh output (``OpClass.plain``), positional arguments that are
-    current LazyTensors or Python numbers, and a signature already in the cache."""
+    Hot path: an op with one fresh output (``OpClass.plain``) or one view of its first argument
+    (``OpClass.single_view``), positional arguments that are current LazyTensors, Python numbers
+    or int lists, and a signature already in the cache."""
     oc = _classes.get(id(func))
-    if oc is not None and oc.plain and not kwargs:
+    if oc is not None and (oc.plain or oc.single_view) and not kwargs:
         key = [oc]
         nargs = []
         for a in args:
@@ -306,6 +307,15 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                 spec = inf.outs[0]
                 if spec.__class__ is TensorSpec:
                     oc.captured += 1
+                    if oc.single_view:
+                        src = args[0]
+                        storage = _storage_of(src)
+                        t = _view_of(src, spec)
+                        t._node = Node(func, tuple(nargs), _EMPTY, spec)
+                        t._spec = spec
+                        t._storage = storage
+                        t._version = storage.version
+                        return t
                     t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
                                       DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
                     t._node = Node(func, tuple(nargs), _EMPTY, spec)

@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "captured", "eager", "fallback")
+                 "simple_inplace", "single_view", "captured", "eager", "fallback")
 
     def __init__(self, func):
         self.func = func
@@ -71,6 +71,10 @@ class OpClass:
         # the capture fast path: one fresh output, nothing written, no RNG, no data dependence
         self.plain = not (self.composite or self.dynamic or self.writes or self.has_view or self.random) \
             and len(self.returns) == 1 and not self.scalar_out
+        # x.t(), x.view(...): one output, a view of the first argument
+        self.single_view = self.returns == [("view", 0)] and not (
+            self.composite or self.dynamic or self.writes or self.random) and not self.scalar_out \
+            and _is_single_tensor(schema.returns[0].type)
         # x.add_(y): writes its first argument only and returns it
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
@@ -104,6 +108,10 @@ def _return_texts(schema) -> list[str]:
         cur += ch
     parts.append(cur)
     return [p.strip() for p in parts]
+
+
+def _is_single_tensor(t) -> bool:
+    return isinstance(t, torch.TensorType)
 
 
 def _is_tensorish(t) -> bool:
