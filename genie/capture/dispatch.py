@@ -23,7 +23,7 @@ from torch.utils._mode_utils import no_dispatch
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
 from . import stats
 from ._tls import eager_kernels
-from .meta import NoMetaKernel, infer
+from .meta import Inferred, NoMetaKernel, infer
 from .rng import chain
 from .schema import _classes, classify, get_arg
 
@@ -641,27 +641,28 @@ del _func, _handler, _oc
 
 
 def capture_factory(func, args, kwargs):
-    device = kwargs.get("device")
-    if device is not None:
-        index = device.index if device.__class__ is torch.device else torch.device(device).index
-        if index is not None and index != 0:
-            raise RuntimeError(f"{op_name(func)}: {DEVICE_TYPE} device index {index} is out of range (1 device)")
+    """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
+    pin_memory, ...) are hashable constants, so they enter the signature as they are."""
     oc = _classes.get(id(func)) or classify(func)
     key = [oc]
     nargs = tuple(_walk(args, key, func))
-    nkw = {}
-    for k, v in kwargs.items():
-        key.append(k)
-        nkw[k] = _walk((v,), key, func)[0]
+    key.append(tuple(kwargs.items()))
     key = tuple(key)
     inf = _cache.get(key)
     if inf is None:
-        inf = _infer(key, func, oc, args, kwargs)
+        device = kwargs.get("device")
+        index = None if device is None else torch.device(device).index
+        if index is not None and index != 0:
+            inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
+            _cache[key] = inf
+        else:
+            inf = _infer(key, func, oc, args, kwargs)
     if inf is _FALLBACK:
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE}")
     if inf.error is not None:
         raise op_error(func, inf.error)
     oc.captured += 1
+    nkw = dict(kwargs)
     if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
         return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
     return _build(func, oc, inf, args, kwargs, nargs, nkw)
