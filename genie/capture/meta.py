@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ._tls import eager_kernels
-
 from ..graph.node import TensorSpec, spec_of
+from ._tls import eager_kernels
+from .schema import get_arg
 
 META = torch.device("meta")
 CPU = torch.device("cpu")
@@ -98,21 +98,20 @@ def _out_spec(o):
 def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     """Run ``func`` on stand-ins and describe its outputs. Errors that eager would raise are
     returned inside ``Inferred.error`` so the cache can replay them."""
-    try:
-        if func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls) \
-                or (opclass.writes and _aliased_arguments(args, kwargs, lazy_cls)):
-            # meta kernels skip the overlap checks eager makes on written tensors
-            raise NotImplementedError("metadata from the real kernel")
-        return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
-    except NotImplementedError:
-        pass
-    except NoMetaKernel:
-        raise
-    except Exception as e:  # the op rejects these inputs: eager would raise the same
-        if _looks_like_missing_meta(e):
+    # the real kernel where meta disagrees with it, and for writes whose overlap checks (made by
+    # eager, skipped by meta kernels) can fire
+    real = func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls) \
+        or (opclass.writes and _aliased_arguments(args, kwargs, lazy_cls))
+    if not real:
+        try:
+            return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
+        except NotImplementedError:
             pass
-        else:
-            return Inferred(None, None, e)
+        except NoMetaKernel:
+            raise
+        except Exception as e:  # the op rejects these inputs: eager would raise the same
+            if not _looks_like_missing_meta(e):
+                return Inferred(None, None, e)
     try:
         return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
     except NotImplementedError as e:
@@ -124,7 +123,6 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
 def _writes_overlapping(opclass, args, kwargs, func, lazy_cls) -> bool:
     if not opclass.writes:
         return False
-    from .schema import get_arg
     for where, is_list in opclass.mutated:
         a = get_arg(args, kwargs, where, func)
         for t in (a if is_list and a is not None else [a]):
@@ -176,7 +174,6 @@ def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, f
     if device.type != "meta":
         _check_device(specs, outs)
     mutated = []
-    from .schema import get_arg
     for where, _is_list in opclass.mutated:
         a = get_arg(margs, mkwargs, where, func)
         mutated.append(_out_spec(a))
