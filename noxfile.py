@@ -71,7 +71,11 @@ def conformance(session: nox.Session, device: str) -> None:
 def bench(session: nox.Session) -> None:
     """asv against the working tree, then ``asv continuous`` against main (non-zero on a slowdown)."""
     _install(session, "bench")
+    session.install("-e", ".[test]")
     args = [a for a in session.posargs if a != "--no-continuous"]
+    # the in-suite smoke benchmarks, timed this time (the tests session runs them once, untimed)
+    session.run("pytest", "tests/test_bench_smoke.py", "-p", "no:cacheprovider", "--benchmark-enable",
+                f"--benchmark-json={os.path.join(REPORTS, 'benchmark.json')}", "-q")
     session.run("asv", "machine", "--yes")
     session.run("asv", "run", "--python=same", "--quick", "--show-stderr", "--set-commit-hash",
                 _head(session), *args)
