@@ -265,6 +265,10 @@ def _walk(seq, key, func):
 # the handler
 
 
+# argument types the hot path keys as (type, value), exactly as _walk does
+_ATOMS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.layout, torch.memory_format})
+
+
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
 
@@ -283,7 +287,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                     break
                 key.append(a._spec)
                 nargs.append(a._node)
-            elif c is int or c is float or c is bool:
+            elif c in _ATOMS:
                 key.append(c)
                 key.append(a)
                 nargs.append(a)
