@@ -13,6 +13,8 @@ PrivateUse1 key without a LazyTensor fails in the dispatcher, which names the op
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .capture import dispatch
@@ -48,12 +50,13 @@ class _DeviceModule:
 
     @staticmethod
     def set_device(device) -> None:
-        if torch.device(device, 0).index not in (None, 0) if isinstance(device, int) else \
-                (torch.device(device).index not in (None, 0)):
-            raise RuntimeError(f"{NAME}: only device 0 exists")
+        index = device if isinstance(device, int) else torch.device(device).index
+        if index not in (None, 0):
+            raise RuntimeError(f"{NAME}: device index {index} is out of range (1 device)")
 
     @staticmethod
     def synchronize(device=None) -> None:
+        # nothing is queued: work runs when a value is read, and reading waits for it
         pass
 
     @staticmethod
@@ -66,7 +69,8 @@ class _DeviceModule:
 
     @staticmethod
     def seed() -> None:
-        chain.seed(torch.seed())
+        # a non-deterministic seed for this device only (torch.seed() would reseed the host too)
+        chain.seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
 
     @staticmethod
     def initial_seed() -> int:

@@ -154,3 +154,16 @@ def test_deepcopy_of_module_on_device():
     with torch.no_grad():
         m2.weight.zero_()
     assert not torch.equal(host(m2.weight.detach()), host(m.weight.detach()))
+
+
+def test_device_module_api():
+    mod = torch.remote_accelerator
+    mod.set_device(0)
+    mod.set_device("remote_accelerator:0")
+    with pytest.raises(RuntimeError, match="out of range"):
+        mod.set_device(1)
+    mod.synchronize()
+    host_state = torch.get_rng_state()
+    mod.seed()
+    assert torch.equal(torch.get_rng_state(), host_state)  # the host generator is untouched
+    assert mod.initial_seed() >= 0 and mod.current_device() == 0 and mod.is_initialized()
