@@ -28,9 +28,7 @@ def test_to_fx_reproduces_values():
     out = (la.sin() * 2).sum(1).softmax(0)
     gm = genie.graph_of(out).to_fx()
     assert isinstance(gm, torch.fx.GraphModule)
-    g = genie.graph_of(out)
-    gm = g.to_fx()
-    inputs = [v.cpu() if isinstance(v, torch.Tensor) else v for v in g.placeholder_values]
+    inputs = [v.cpu() if isinstance(v, torch.Tensor) else v for v in gm.genie_inputs]
     with torch.utils._mode_utils.no_dispatch():
         # the placeholder for a host snapshot is the snapshot itself
         got = gm(*inputs)

@@ -46,20 +46,20 @@ class Graph:
 
     def to_fx(self, device=None) -> torch.fx.GraphModule:
         """The captured program as an fx GraphModule that runs on ``device`` (default: the
-        execution device). Materialized values and constants become placeholders (in node order,
-        see ``placeholder_values``); every node without users in this graph is an output."""
+        execution device). Materialized values and constants become placeholders, whose values
+        are ``gm.genie_inputs`` in order; every node without users in this graph is an output."""
         from ..config import execution_device
         device = torch.device(device) if device is not None else execution_device()
         g = torch.fx.Graph()
         env: dict[int, torch.fx.Node] = {}
-        self.placeholder_values = []
+        inputs: list = []
 
         def arg(a):
             if isinstance(a, Node):
                 fx_node = env.get(id(a))
                 if fx_node is None:  # an input outside this graph
                     fx_node = g.placeholder(f"input_{a.id}")
-                    self.placeholder_values.append(a.value)
+                    inputs.append(a.value)
                     env[id(a)] = fx_node
                 return fx_node
             if isinstance(a, (list, tuple)):
@@ -67,15 +67,15 @@ class Graph:
             if isinstance(a, torch.device) and a.type == "remote_accelerator":
                 return device
             if isinstance(a, torch.Tensor):
-                fx_node = g.placeholder(f"const_{len(self.placeholder_values)}")
-                self.placeholder_values.append(a)
+                fx_node = g.placeholder(f"const_{len(inputs)}")
+                inputs.append(a)
                 return fx_node
             return a
 
         for n in self.nodes:
             if n.value is not None and not n.args:
                 fx_node = g.placeholder(f"value_{n.id}")
-                self.placeholder_values.append(n.value)
+                inputs.append(n.value)
             elif n.target is getitem:
                 fx_node = g.call_function(operator.getitem, (arg(n.args[0]), n.args[1]))
             elif isinstance(n.target, torch._ops.OpOverload):
@@ -90,7 +90,9 @@ class Graph:
             env[id(n)] = fx_node
         outputs = [env[id(n)] for n in self.nodes if not self._users[id(n)]]
         g.output(tuple(outputs))
-        return torch.fx.GraphModule(torch.nn.Module(), g)
+        gm = torch.fx.GraphModule(torch.nn.Module(), g)
+        gm.genie_inputs = inputs
+        return gm
 
 
 def get_graph() -> Graph:
