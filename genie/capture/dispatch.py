@@ -113,8 +113,7 @@ def _view_of(src, spec: TensorSpec):
     ``_make_subclass`` aliases ``src``'s storage and ``as_strided_`` sets the view's geometry: half
     the cost of a fresh wrapper re-pointed with ``set_``, which only dtype views still need."""
     if spec.dtype is not src._spec.dtype:
-        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
-                          False, False, None, False, False, None, spec.storage_nbytes)
+        t = new_lazy(spec, None)
         _share_storage(t, src, spec)
     else:
         with _no_python_dispatch(), _below_inplace_or_view():  # no version-counter bump on src
@@ -134,9 +133,7 @@ def _restride(t, spec: TensorSpec) -> None:
             t.as_strided_(spec.shape, spec.stride, spec.offset)
         t._spec = spec
         return
-    shell = torch.Tensor._make_wrapper_subclass(
-        LazyTensor, spec.shape, strides=spec.stride, storage_offset=spec.offset, dtype=spec.dtype,
-        device=DEVICE, requires_grad=False, storage_size=spec.storage_nbytes)
+    shell = new_lazy(spec, None)  # only its TensorImpl is used: t takes over its metadata and storage
     with no_dispatch(), torch.no_grad():
         t.data = shell
     t._spec = spec
@@ -311,24 +308,10 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                 spec = inf.outs[0]
                 if spec.__class__ is TensorSpec:
                     oc.captured += 1
+                    node = Node(func, tuple(nargs), _EMPTY, spec)
                     if oc.single_view:
-                        src = args[0]
-                        storage = _storage_of(src)
-                        t = _view_of(src, spec)
-                        t._node = Node(func, tuple(nargs), _EMPTY, spec)
-                        t._spec = spec
-                        t._storage = storage
-                        t._version = storage.version
-                        return t
-                    t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
-                                      DEVICE, False, False, None, False, False, None, spec.storage_nbytes)
-                    t._node = Node(func, tuple(nargs), _EMPTY, spec)
-                    t._spec = spec
-                    t._storage = None
-                    t._version = 0
-                    if spec.conj or spec.neg:
-                        _set_bits(t, spec)
-                    return t
+                        return _wrap_out(spec, node, _storage_of(args[0]), args[0])
+                    return new_lazy(spec, node)
     return capture(func, args, kwargs or _EMPTY)
 
 

@@ -51,17 +51,10 @@ def _fast(oc, a, b):
     if inf is None or inf.error is not None:
         return None
     spec = inf.outs[0]
-    if spec.__class__ is not TensorSpec or spec.conj or spec.neg:
+    if spec.__class__ is not TensorSpec:
         return None
     oc.captured += 1
-    t = dispatch._make_wrapper(dispatch.LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype,
-                               dispatch._STRIDED, dispatch.DEVICE, False, False, None, False, False, None,
-                               spec.storage_nbytes)
-    t._node = Node(oc.func, nargs, _EMPTY, spec)
-    t._spec = spec
-    t._storage = None
-    t._version = 0
-    return t
+    return dispatch.new_lazy(spec, Node(oc.func, nargs, _EMPTY, spec))
 
 
 def _binary(name: str, func):
