@@ -31,6 +31,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config._genie_results = []
+    config._genie_other_failures = []
     config._genie_started = time.time()
     device = config.getoption("--genie-device")
     if device == "cuda" and torch.cuda.is_available():
@@ -62,6 +63,8 @@ def pytest_runtest_logreport(report):
     props = dict(report.user_properties)
     cell = props.get("genie_cell")
     if cell is None:
+        if report.failed:  # e.g. the random-program search: not a matrix cell, still a verdict
+            _config._genie_other_failures.append(report.nodeid)
         return
     if report.when == "call" or (report.when == "setup" and report.outcome == "skipped"):
         if hasattr(report, "wasxfail"):
@@ -98,7 +101,7 @@ def pytest_sessionfinish(session, exitstatus):
     if hasattr(config, "workerinput"):  # xdist worker: the controller writes the report
         return
     out = config.getoption("--genie-report")
-    if not out or not config._genie_results:
+    if not out or not (config._genie_results or config._genie_other_failures):
         return
     os.makedirs(out, exist_ok=True)
     try:
@@ -114,6 +117,7 @@ def pytest_sessionfinish(session, exitstatus):
         "started": config._genie_started,
         "duration_s": round(time.time() - config._genie_started, 1),
         "results": sorted(config._genie_results, key=lambda r: (r["op"], r["variant"], r["dtype"], r["device"])),
+        "other_failures": sorted(set(config._genie_other_failures)),
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(payload, f, indent=1, default=str)

@@ -59,6 +59,7 @@ def summarize(payload: dict) -> dict:
         "aten_exercised": len(census_seen),
         "aten_passed": len(census_seen - census_bad),
         "pass_rate": (totals["pass"] / max(1, len(rows) - totals["skip"])),
+        "other_failures": list(payload.get("other_failures", [])),
     }
 
 
@@ -99,6 +100,7 @@ tr.xfail td.outcome {{ background: #fbefc4; }} tr.skip td.outcome {{ background:
 <p class="headline">Cells: <b id="total-cells">{s['cells']}</b> &middot; pass <b id="total-pass">{totals.get('pass', 0)}</b>
 &middot; xfail <b id="total-xfail">{totals.get('xfail', 0)}</b> &middot; fail <b id="total-fail">{totals.get('fail', 0)}</b>
 &middot; skip <b id="total-skip">{totals.get('skip', 0)}</b> &middot; pass rate {s['pass_rate']:.2%}</p>
+<p>Other tests (random programs): {html.escape(', '.join(s['other_failures'])) or 'all passed'}</p>
 <p>OpInfos: {s['opinfos']} ({s['opinfos_all_pass']} pass every cell); float32 CPU: {s['float32_cpu_opinfos_all_pass']} of
 {s['float32_cpu_opinfos']} pass every sample in every variant, <b id="f32-function">{s['float32_cpu_opinfos_function_pass']}</b>
 in the function variant. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
@@ -151,8 +153,9 @@ def main(argv=None) -> int:
     write_html(payload, os.path.join(ns.folder, "index.html"))
     s = summarize(payload)
     print(json.dumps({k: v for k, v in s.items()}, indent=1))
-    if ns.check and s["totals"].get("fail", 0):
-        print(f"{s['totals']['fail']} cells failed outside the manifest", file=sys.stderr)
+    if ns.check and (s["totals"].get("fail", 0) or s["other_failures"]):
+        print(f"{s['totals'].get('fail', 0)} cells failed outside the manifest; other failed tests: "
+              f"{s['other_failures'] or 'none'}", file=sys.stderr)
         return 1
     return 0
 

@@ -79,3 +79,17 @@ def test_reports_index_renders(tmp_path):
     assert dom.count("<tr>") == len(rows) + 1
     assert "2 of 5 cells pass" in dom
     assert re.search(r'id="commit">\w+<', dom)
+
+
+def test_report_check_counts_failures_outside_the_matrix(tmp_path):
+    payload = _payload()
+    payload["results"] = [r for r in payload["results"] if r["outcome"] != "fail"]
+    payload["other_failures"] = ["conformance/test_programs.py::test_random_programs_match_eager"]
+    with open(tmp_path / "results.json", "w") as f:
+        json.dump(payload, f)
+    from conformance.report import main
+    assert main([str(tmp_path), "--check"]) == 1
+    payload["other_failures"] = []
+    with open(tmp_path / "results.json", "w") as f:
+        json.dump(payload, f)
+    assert main([str(tmp_path), "--check"]) == 0
