@@ -48,3 +48,18 @@ def test_equal_and_allclose():
     assert torch.equal(a, a * 1)
     assert not torch.equal(a, a * 2)
     assert torch.allclose(a, a + 1e-9)
+
+
+def test_sparse_outputs_are_values_on_the_device():
+    x = torch.randn(3, 4)
+    x[1] = 0
+    lx = x.to(DEVICE)
+    s = lx.to_sparse()  # the structure of a sparse tensor is its data: computed at once
+    assert type(s) is genie.LazyTensor and s.layout == torch.sparse_coo and s.device.type == DEVICE
+    back = s.cpu()
+    assert type(back) is torch.Tensor and back.layout == torch.sparse_coo
+    assert torch.equal(back.to_dense(), x)
+    dense = s.to_dense() * 2  # back to strided: capture continues
+    assert dense.layout == torch.strided
+    assert torch.equal(host(dense), x * 2)
+    assert "layout=torch.sparse_coo" in repr(s) and "remote_accelerator" in repr(s)

@@ -23,7 +23,7 @@ from torch.utils._mode_utils import no_dispatch
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
 from . import stats
 from ._tls import eager_kernels
-from .meta import Inferred, NoMetaKernel, infer
+from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain
 from .schema import _classes, classify, get_arg
 
@@ -43,7 +43,18 @@ _ANY_SOURCE = {aten.copy_.default, aten._to_copy.default}
 _cache: dict = {}
 _CACHE_LIMIT = 1 << 16
 _cache_lock = threading.Lock()
-_FALLBACK = object()
+class _Verdict:
+    """A cached answer other than output specs. Its ``error`` is not None, so the hot paths,
+    which only take cache entries with ``error is None``, step aside for it."""
+    __slots__ = ("name",)
+    error = outs = mutated = "not specs"
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+_FALLBACK = _Verdict("fallback")  # no metadata inference: run eagerly
+_DATA_DEPENDENT = _Verdict("data-dependent")  # run this signature eagerly, like nonzero
 _FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual"
 
 
@@ -72,8 +83,12 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
     # positional arguments: (cls, size, strides, storage_offset, memory_format, dtype, layout, device,
     # pin_memory, requires_grad, dispatch_sizes_strides_policy, dispatch_device, dispatch_layout,
     # _extra_dispatch_keys, storage_size); keyword parsing costs measurably on this path
-    t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
-                      False, False, None, False, False, None, spec.storage_nbytes)
+    if spec.layout is _STRIDED:
+        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
+                          False, False, None, False, False, None, spec.storage_nbytes)
+    else:
+        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, spec.layout, DEVICE,
+                          False, False, None, False, False, None, None)
     t._node = node
     t._spec = spec
     t._storage = storage
@@ -222,6 +237,10 @@ def _constant(a, func):
     raise _device_error(func, a.device)
 
 
+class _NeedsValues(Exception):
+    """Raised by the walk: an argument's value is needed to run this call (a sparse tensor)."""
+
+
 def _walk(seq, key, func):
     out = []
     for a in seq:
@@ -230,6 +249,8 @@ def _walk(seq, key, func):
             s = a._storage
             if s is not None and a._version != s.version:
                 _refresh(a)
+            if a._spec.layout is not _STRIDED:
+                raise _NeedsValues
             key.append(a._spec)
             out.append(a._node)
         elif c is int or c is float or c is bool:
@@ -330,8 +351,11 @@ def capture(func, args, kwargs):
     if oc.dynamic:
         return run_eagerly(func, oc, args, kwargs)
     key = [oc]
-    nargs = tuple(_walk(args, key, func))
-    return _capture_general(func, oc, args, kwargs, key, nargs)
+    try:
+        nargs = tuple(_walk(args, key, func))
+        return _capture_general(func, oc, args, kwargs, key, nargs)
+    except _NeedsValues:
+        return run_eagerly(func, oc, args, kwargs)
 
 
 def _capture_general(func, oc, args, kwargs, key, nargs):
@@ -351,6 +375,8 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
         inf = _infer(key, func, oc, args, kwargs)
     if inf is _FALLBACK:
         return run_eagerly(func, oc, args, kwargs, fallback=True)
+    if inf is _DATA_DEPENDENT:
+        raise _NeedsValues
     if inf.error is not None:
         raise op_error(func, inf.error)
     oc.captured += 1
@@ -386,6 +412,8 @@ def _infer(key, func, oc, args, kwargs):
         inf = infer(func, oc, args, kwargs, LazyTensor, is_remote_device)
     except NoMetaKernel:
         inf = _FALLBACK
+    except DataDependent:
+        inf = _DATA_DEPENDENT
     with _cache_lock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
@@ -644,8 +672,9 @@ def capture_factory(func, args, kwargs):
             _cache[key] = inf
         else:
             inf = _infer(key, func, oc, args, kwargs)
-    if inf is _FALLBACK:
-        raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE}")
+    if inf is _FALLBACK or inf is _DATA_DEPENDENT:
+        raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
+                                  "(sparse layouts are not supported there)")
     if inf.error is not None:
         raise op_error(func, inf.error)
     oc.captured += 1

@@ -35,6 +35,10 @@ class NoMetaKernel(Exception):
     """Neither the meta kernel nor the zero-input CPU kernel could infer this op's outputs."""
 
 
+class DataDependent(Exception):
+    """The op's outputs depend on values: a sparse output's structure is its data."""
+
+
 class Inferred:
     """The cached answer for one signature: output specs in return order and the specs of the
     written arguments after the op (they change when out= tensors are resized)."""
@@ -87,6 +91,8 @@ def _convert(a, device, fill, lazy_cls, is_remote_device, storages):
 
 def _out_spec(o):
     if isinstance(o, torch.Tensor):
+        if o.layout != torch.strided:
+            raise DataDependent(f"{o.layout} output")
         return spec_of(o)
     if isinstance(o, (list, tuple)):
         return tuple(_out_spec(x) for x in o)
@@ -107,7 +113,7 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
             return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
         except NotImplementedError:
             pass
-        except NoMetaKernel:
+        except (NoMetaKernel, DataDependent):
             raise
         except Exception as e:  # the op rejects these inputs: eager would raise the same
             if not _looks_like_missing_meta(e):
@@ -116,6 +122,8 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
         return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
     except NotImplementedError as e:
         raise NoMetaKernel(str(e)) from e
+    except DataDependent:
+        raise
     except Exception as e:
         return Inferred(None, None, e)
 

@@ -30,9 +30,9 @@ class TensorSpec:
     identity; that keeps the capture cache key cheap to build and hash.
     """
 
-    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "conj", "neg", "__weakref__")
+    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "conj", "neg", "layout", "__weakref__")
 
-    def __init__(self, shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False):
+    def __init__(self, shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False, layout=torch.strided):
         self.shape = shape
         self.stride = stride
         self.offset = offset
@@ -41,6 +41,8 @@ class TensorSpec:
         # the lazy conjugate / negative view bits (``x.conj()`` on complex tensors)
         self.conj = conj
         self.neg = neg
+        # strided, or a sparse layout (sparse values are always materialized: their structure is data)
+        self.layout = layout
 
     def __repr__(self) -> str:
         return (f"TensorSpec(shape={tuple(self.shape)}, stride={self.stride}, offset={self.offset}, "
@@ -50,16 +52,19 @@ class TensorSpec:
 _spec_intern: dict[tuple, TensorSpec] = {}
 
 
-def intern_spec(shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False) -> TensorSpec:
-    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg)
+def intern_spec(shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False,
+                layout=torch.strided) -> TensorSpec:
+    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout)
     spec = _spec_intern.get(key)
     if spec is None:
         spec = _spec_intern.setdefault(
-            key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg))
+            key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout))
     return spec
 
 
 def spec_of(t: torch.Tensor) -> TensorSpec:
+    if t.layout != torch.strided:
+        return intern_spec(t.shape, (), 0, t.dtype, 0, layout=t.layout)
     return intern_spec(t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes(),
                        t.is_conj(), t.is_neg())
 
