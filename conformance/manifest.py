@@ -29,12 +29,6 @@ XFAILS: list[XFail] = [
     XFail("nn.functional.scaled_dot_product_attention.default", ("function",), ("bfloat16",), CPU,
           "on a PrivateUse1 device sdpa takes the math path (the fused-kernel choice is a C++ dispatch stub a "
           "Python backend cannot register); bf16 rounding differs from the CPU flash kernel by 1 ulp"),
-    XFail("fft.ihfft2.default", ("out",), ALL, BOTH,
-          "PyTorch: fft_ihfftn_impl calls conj_physical_out(tmp, out) with out and self swapped when one dim is "
-          "transformed; eager's out= result is uninitialised memory as well"),
-    XFail("fft.ihfftn.default", ("out",), ALL, BOTH,
-          "PyTorch: fft_ihfftn_impl calls conj_physical_out(tmp, out) with out and self swapped when one dim is "
-          "transformed; eager's out= result is uninitialised memory as well"),
     XFail("nn.functional.linear_cross_entropy.chunked", ("function",), ("bfloat16",), CPU,
           "the chunked path's acc_policy='auto' picks the accumulation by device type; on remote_accelerator "
           "it does not pick CPU's, so bf16 losses differ by rounding"),

@@ -88,6 +88,16 @@ class Census(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _sentinel_like(t: torch.Tensor, device=None) -> torch.Tensor:
+    """An out= tensor filled with a recognisable value rather than left uninitialised: an element
+    the op does not write then compares equal on both sides deterministically (and one eager
+    leaves unwritten, a PyTorch bug, must stay unwritten on the device too)."""
+    out = torch.empty_like(t, device=device)
+    if t.is_floating_point() or t.is_complex():
+        return out.fill_(float("nan"))
+    return out.fill_(True if t.dtype == torch.bool else 7)
+
+
 def _to_remote(tree, device: str):
     """The same call on remote_accelerator: every tensor moved, every mention of the eager
     device (factory ``device=`` arguments, ``.to(device)``) pointed at the remote device."""
@@ -180,7 +190,7 @@ def check_sample(op, variant, sample, device: str, census: set):
             reference = op(*_clone((inp,)), *_clone(args), **_clone(kwargs))
             if not all(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(reference)):
                 pytest.skip("out= variant: the function returns non-tensors")
-            e_out = pytree.tree_map(torch.empty_like, reference)
+            e_out = pytree.tree_map(_sentinel_like, reference)
         expected = _call(op, variant, e_inp, e_args, e_kwargs, e_out)
     except pytest.skip.Exception:
         raise
@@ -203,7 +213,7 @@ def check_sample(op, variant, sample, device: str, census: set):
     if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves((inp, args, kwargs))) \
             and "device" not in kwargs and op.name not in NO_DEVICE_KWARG:
         l_kwargs = dict(l_kwargs, device=REMOTE)  # a factory call that relies on the default device
-    l_out = pytree.tree_map(lambda t: torch.empty_like(t, device=REMOTE), e_out) if e_out is not None else None
+    l_out = pytree.tree_map(lambda t: _sentinel_like(t, REMOTE), e_out) if e_out is not None else None
     before = _fallbacks()
     if eager_error is not None:
         with pytest.raises(Exception):

@@ -384,6 +384,11 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
             return new_lazy(outs[0], Node(func, nargs, nkw, outs[0]))
+    elif oc.fresh_tuple:
+        specs = inf.outs
+        node = Node(func, nargs, nkw, specs)
+        return tuple(None if s is None else new_lazy(s, Node(getitem, (node, i), _EMPTY, s))
+                     for i, s in enumerate(specs))
     elif oc.simple_inplace:
         t = args[0]
         spec = inf.mutated[0]

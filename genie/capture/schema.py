@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "single_view", "captured", "eager", "fallback")
+                 "simple_inplace", "single_view", "fresh_tuple", "captured", "eager", "fallback")
 
     def __init__(self, func):
         self.func = func
@@ -75,6 +75,10 @@ class OpClass:
         self.single_view = self.returns == [("view", 0)] and not (
             self.composite or self.dynamic or self.writes or self.random) and not self.scalar_out \
             and _is_single_tensor(schema.returns[0].type)
+        # native_batch_norm, max_pool2d_with_indices: several fresh tensor outputs, nothing else
+        self.fresh_tuple = len(self.returns) > 1 and all(r == ("fresh",) for r in self.returns) and not (
+            self.composite or self.dynamic or self.writes or self.random or self.scalar_out) \
+            and all(_is_single_tensor(r.type) for r in schema.returns)
         # x.add_(y): writes its first argument only and returns it
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
