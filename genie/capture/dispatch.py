@@ -21,7 +21,6 @@ import torch
 from torch.utils._mode_utils import no_dispatch
 
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
-from . import stats
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain
@@ -245,7 +244,7 @@ def _walk(seq, key, func):
     out = []
     for a in seq:
         c = a.__class__
-        if c is LazyTensor:
+        if c is LazyTensor or (c is not int and c is not float and isinstance(a, LazyTensor)):
             s = a._storage
             if s is not None and a._version != s.version:
                 _refresh(a)
@@ -262,16 +261,9 @@ def _walk(seq, key, func):
             out.append(tuple(_walk(a, sub, func)))
             key.append(tuple(sub))
         elif isinstance(a, torch.Tensor):
-            if isinstance(a, LazyTensor):
-                s = a._storage
-                if s is not None and a._version != s.version:
-                    _refresh(a)
-                key.append(a._spec)
-                out.append(a._node)
-            else:
-                const = _constant(a, func)
-                key.append(("tensor", spec_of(const)))
-                out.append(const)
+            const = _constant(a, func)
+            key.append(("tensor", spec_of(const)))
+            out.append(const)
         else:
             key.append(c)
             key.append(a)
