@@ -47,8 +47,9 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("device", ["cpu", "cuda"])
 def conformance(session: nox.Session, device: str) -> None:
-    """Every OpInfo, lazy vs eager within 1e-5; writes reports/conformance/{index.html,results.json}."""
-    _install(session, "test")
+    """Every OpInfo, the model zoo and module_db, lazy vs eager within 1e-5; writes
+    reports/conformance/{index.html,results.json} and ends with a short table of the outcomes."""
+    _install(session, "test,models")
     if device == "cuda":
         probe = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
                             silent=True, external=True)

@@ -31,6 +31,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config._genie_results = []
+    config._genie_models = []
     config._genie_other_failures = []
     config._genie_started = time.time()
     device = config.getoption("--genie-device")
@@ -62,26 +63,56 @@ def pytest_runtest_logreport(report):
         return
     props = dict(report.user_properties)
     cell = props.get("genie_cell")
+    model = props.get("genie_model")
+    if model is not None:
+        if report.when == "call" or (report.when == "setup" and report.outcome == "skipped"):
+            _config._genie_models.append(dict(model, **_outcome(report, props), duration=round(report.duration, 3)))
+        elif report.failed:  # a fixture (building the model) failed: the check failed
+            _config._genie_models.append(dict(model, outcome="fail", reason=_last_line(report)))
+        return
     if cell is None:
         if report.failed:  # e.g. the random-program search: not a matrix cell, still a verdict
             _config._genie_other_failures.append(report.nodeid)
         return
     if report.when == "call" or (report.when == "setup" and report.outcome == "skipped"):
-        if hasattr(report, "wasxfail"):
-            outcome, reason = "xfail", report.wasxfail
-        elif report.outcome == "skipped":
-            outcome = "skip"
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        else:
-            outcome = report.outcome if report.outcome != "passed" else "pass"
-            outcome = "fail" if outcome == "failed" else outcome
-            reason = ""
-            if outcome == "fail":
-                reason = props.get("genie_detail", {}).get("first_failure") or \
-                    (str(report.longrepr).strip().splitlines()[-1][:300] if report.longrepr else "")
-        row = dict(cell, outcome=outcome, reason=reason, duration=round(report.duration, 3))
+        row = dict(cell, **_outcome(report, props), duration=round(report.duration, 3))
         row.update({k: v for k, v in props.get("genie_detail", {}).items() if k != "first_failure"})
         _results().append(row)
+
+
+def _last_line(report) -> str:
+    return str(report.longrepr).strip().splitlines()[-1][:300] if report.longrepr else ""
+
+
+def _outcome(report, props) -> dict:
+    if hasattr(report, "wasxfail"):
+        return {"outcome": "xfail", "reason": report.wasxfail}
+    if report.outcome == "skipped":
+        return {"outcome": "skip",
+                "reason": report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)}
+    if report.outcome == "passed":
+        return {"outcome": "pass", "reason": ""}
+    return {"outcome": "fail", "reason": props.get("genie_detail", {}).get("first_failure") or _last_line(report)}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report, config):
+    """Passing subtests (one per OpInfo sample) print nothing: the progress line stays readable."""
+    if type(report).__name__ == "SubtestReport" and report.passed:
+        return "subtests passed", "", ""
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput") or not (config._genie_results or config._genie_models):
+        return
+    from conformance.report import summary_lines
+    out = config.getoption("--genie-report")
+    payload = {"results": config._genie_results, "models": config._genie_models,
+               "other_failures": sorted(set(config._genie_other_failures))}
+    terminalreporter.section("genie conformance")
+    for line in summary_lines(payload, os.path.join(out, "index.html") if out else None):
+        terminalreporter.write_line(line)
 
 
 _config = None
@@ -101,7 +132,7 @@ def pytest_sessionfinish(session, exitstatus):
     if hasattr(config, "workerinput"):  # xdist worker: the controller writes the report
         return
     out = config.getoption("--genie-report")
-    if not out or not (config._genie_results or config._genie_other_failures):
+    if not out or not (config._genie_results or config._genie_other_failures or config._genie_models):
         return
     os.makedirs(out, exist_ok=True)
     try:
@@ -117,6 +148,7 @@ def pytest_sessionfinish(session, exitstatus):
         "started": config._genie_started,
         "duration_s": round(time.time() - config._genie_started, 1),
         "results": sorted(config._genie_results, key=lambda r: (r["op"], r["variant"], r["dtype"], r["device"])),
+        "models": sorted(config._genie_models, key=lambda m: (m["family"], m["model"], m["check"])),
         "other_failures": sorted(set(config._genie_other_failures)),
     }
     with open(os.path.join(out, "results.json"), "w") as f:

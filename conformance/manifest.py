@@ -26,9 +26,6 @@ SPARSE = ("a sparse input moved to the device is built by PyTorch's own sparse k
           "PrivateUse1 backend cannot reach (crow_indices() fails inside PyTorch); the op fails loudly")
 
 XFAILS: list[XFail] = [
-    XFail("nn.functional.scaled_dot_product_attention.default", ("function",), ("bfloat16",), CPU,
-          "on a PrivateUse1 device sdpa takes the math path (the fused-kernel choice is a C++ dispatch stub a "
-          "Python backend cannot register); bf16 rounding differs from the CPU flash kernel by 1 ulp"),
     XFail("nn.functional.linear_cross_entropy.chunked", ("function",), ("bfloat16",), CPU,
           "the chunked path's acc_policy='auto' picks the accumulation by device type; on remote_accelerator "
           "it does not pick CPU's, so bf16 losses differ by rounding"),
@@ -46,3 +43,12 @@ def lookup(op: str, variant: str, dtype: str, device: str) -> str | None:
         if x.op == op and variant in x.variants and device in x.devices and (x.dtypes == ALL or dtype in x.dtypes):
             return x.reason
     return None
+
+
+# Model-zoo and module_db checks expected to fail: (model or ModuleInfo name, check) -> reason.
+MODEL_XFAILS: dict[tuple[str, str], str] = {
+}
+
+
+def lookup_model(model: str, check: str) -> str | None:
+    return MODEL_XFAILS.get((model, check))

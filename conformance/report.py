@@ -71,17 +71,81 @@ def _counts_table(title: str, data: dict) -> str:
     return f"<h2>{title}</h2><table class='summary' id='by-{title.split()[-1].lower()}'><tr><th>{title.split()[-1]}</th>{head}</tr>{body}</table>"
 
 
+# a matrix cell's colour: its worst outcome
+_SEVERITY = {"fail": 3, "xfail": 2, "pass": 1, "skip": 0}
+VARIANT_MARK = {"function": "fn", "method": "method", "inplace": "inplace", "out": "out"}
+
+
+def _worst(outcomes) -> str:
+    return max(outcomes, key=lambda o: _SEVERITY.get(o, 0)) if outcomes else "none"
+
+
+def matrix(rows: list) -> tuple[list, dict]:
+    """One row per OpInfo, one column per dtype; each cell lists its variants' rows."""
+    dtypes = sorted({r["dtype"] for r in rows})
+    by_op: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_op[r["op"]][r["dtype"]].append(r)
+    return dtypes, by_op
+
+
+def _matrix_html(rows: list) -> str:
+    dtypes, by_op = matrix(rows)
+    head = "".join(f"<th>{html.escape(d)}</th>" for d in dtypes)
+    body = []
+    # failures first, then expected failures, then the rest by name
+    order = sorted(by_op, key=lambda op: (-max(_SEVERITY.get(r["outcome"], 0) for cell in by_op[op].values()
+                                                for r in cell), op))
+    for op in order:
+        cells = []
+        for d in dtypes:
+            cell = by_op[op].get(d, [])
+            if not cell:
+                cells.append("<td class='none'></td>")
+                continue
+            marks = " ".join(
+                f"<span class='v {r['outcome']}' title='{html.escape(r.get('reason') or r['outcome'], quote=True)}'>"
+                f"{VARIANT_MARK.get(r['variant'], r['variant'])}</span>"
+                for r in sorted(cell, key=lambda r: list(VARIANT_MARK).index(r["variant"])
+                                if r["variant"] in VARIANT_MARK else 9))
+            cells.append(f"<td class='{_worst([r['outcome'] for r in cell])}'>{marks}</td>")
+        worst = _worst([r["outcome"] for c in by_op[op].values() for r in c])
+        body.append(f"<tr class='op {worst}'><td>{html.escape(op)}</td>{''.join(cells)}</tr>")
+    return (f"<table id='matrix'><thead><tr><th>OpInfo</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _problems_html(rows: list, outcome: str, title: str, table_id: str) -> str:
+    picked = [r for r in rows if r["outcome"] == outcome]
+    if not picked:
+        return f"<h2>{title}</h2><p id='{table_id}-none'>none</p>"
+    body = "".join(
+        f"<tr class='{outcome}'><td>{html.escape(r['op'])}</td><td>{r['variant']}</td><td>{r['dtype']}</td>"
+        f"<td>{r['device']}</td><td class='outcome'>{outcome}</td><td>{html.escape(r.get('reason') or '')}</td></tr>"
+        for r in picked)
+    return (f"<h2>{title} ({len(picked)})</h2><table id='{table_id}'><tr><th>OpInfo / model</th><th>variant</th>"
+            f"<th>dtype</th><th>device</th><th>outcome</th><th>reason</th></tr>{body}</table>")
+
+
+def _models_html(models: list) -> str:
+    if not models:
+        return ""
+    body = "".join(
+        f"<tr class='{m['outcome']}'><td>{html.escape(m['family'])}</td><td>{html.escape(m['model'])}</td>"
+        f"<td>{html.escape(m['check'])}</td><td class='outcome'>{m['outcome']}</td>"
+        f"<td>{html.escape(m.get('reason') or '')}</td></tr>"
+        for m in sorted(models, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["family"], m["model"], m["check"])))
+    counts = Counter(m["outcome"] for m in models)
+    return (f"<h2>Models: real model code, lazy vs eager</h2><p id='models-counts'>{len(models)} checks: "
+            + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) +
+            "</p><table id='models'><tr><th>family</th><th>model</th><th>check</th><th>outcome</th><th>reason</th>"
+            f"</tr>{body}</table>")
+
+
 def write_html(payload: dict, path: str) -> None:
     s = summarize(payload)
     rows = payload["results"]
-    row_html = []
-    for r in rows:
-        o = r["outcome"]
-        reason = html.escape(r.get("reason") or "")
-        row_html.append(
-            f"<tr class='{o}'><td>{html.escape(r['op'])}</td><td>{r['variant']}</td><td>{r['dtype']}</td>"
-            f"<td>{r['device']}</td><td class='outcome'>{o}</td><td>{r.get('samples', '')}</td>"
-            f"<td>{r.get('failed_samples', '')}</td><td>{r.get('duration', '')}</td><td>{reason}</td></tr>")
+    models = payload.get("models", [])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(payload.get("started", 0)))
     totals = s["totals"]
     doc = f"""<!doctype html>
@@ -90,9 +154,11 @@ def write_html(payload: dict, path: str) -> None:
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
-th {{ background: #f3f3f3; cursor: pointer; position: sticky; top: 0; }}
-tr.pass td.outcome {{ background: #d9f2d9; }} tr.fail td.outcome {{ background: #f8d0d0; }}
-tr.xfail td.outcome {{ background: #fbefc4; }} tr.skip td.outcome {{ background: #e6e6e6; }}
+th {{ background: #f3f3f3; position: sticky; top: 0; }}
+.pass {{ background: #d9f2d9; }} .fail {{ background: #f8d0d0; }}
+.xfail {{ background: #fbefc4; }} .skip {{ background: #e6e6e6; }} td.none {{ background: #fff; }}
+tr.op, tr.op.pass, tr.op.fail, tr.op.xfail, tr.op.skip {{ background: none; }}
+span.v {{ padding: 0 3px; border-radius: 3px; font-size: 12px; }}
 #filter {{ margin: 0.5em 0; padding: 4px; width: 30em; }}
 .headline {{ font-size: 1.2em; }}
 </style></head><body>
@@ -100,43 +166,67 @@ tr.xfail td.outcome {{ background: #fbefc4; }} tr.skip td.outcome {{ background:
 <p class="headline">Cells: <b id="total-cells">{s['cells']}</b> &middot; pass <b id="total-pass">{totals.get('pass', 0)}</b>
 &middot; xfail <b id="total-xfail">{totals.get('xfail', 0)}</b> &middot; fail <b id="total-fail">{totals.get('fail', 0)}</b>
 &middot; skip <b id="total-skip">{totals.get('skip', 0)}</b> &middot; pass rate {s['pass_rate']:.2%}</p>
-<p>Other tests (random programs): {html.escape(', '.join(s['other_failures'])) or 'all passed'}</p>
+<p>Other tests (random programs, models): {html.escape(', '.join(s['other_failures'])) or 'all passed'}</p>
 <p>OpInfos: {s['opinfos']} ({s['opinfos_all_pass']} pass every cell); float32 CPU: {s['float32_cpu_opinfos_all_pass']} of
 {s['float32_cpu_opinfos']} pass every sample in every variant, <b id="f32-function">{s['float32_cpu_opinfos_function_pass']}</b>
 in the function variant. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
 aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in passing cells.</p>
 <p>torch {html.escape(payload['torch'])} &middot; python {payload['python']} &middot; commit {html.escape(payload['commit'])}
 &middot; device {payload['device']} &middot; started {started} &middot; run time {payload['duration_s']} s</p>
+{_problems_html(rows + [dict(m, op=f"{m['family']}: {m['model']}", variant=m['check'], dtype=m.get('dtype', ''),
+                            device=payload['device']) for m in models], 'fail', 'Failures', 'failures')}
+{_problems_html(rows + [dict(m, op=f"{m['family']}: {m['model']}", variant=m['check'], dtype=m.get('dtype', ''),
+                            device=payload['device']) for m in models], 'xfail', 'Expected failures (manifest)', 'xfails')}
+{_models_html(models)}
 {_counts_table('Totals per dtype', s['by_dtype'])}
 {_counts_table('Totals per variant', s['by_variant'])}
 {_counts_table('Totals per device', s['by_device'])}
-<h2>Matrix</h2>
-<input id="filter" placeholder="filter rows (op, variant, dtype, outcome...)">
-<table id="matrix"><thead><tr><th>OpInfo</th><th>variant</th><th>dtype</th><th>device</th><th>outcome</th>
-<th>samples</th><th>failed samples</th><th>seconds</th><th>reason</th></tr></thead>
-<tbody>{''.join(row_html)}</tbody></table>
+<h2>Matrix: one row per OpInfo, one column per dtype</h2>
+<p>Each cell lists the variants run (fn, method, inplace, out), coloured by outcome; a cell takes the colour of
+its worst variant; hover a variant for its reason. Rows with failures come first.</p>
+<input id="filter" placeholder="filter rows (op name, or an outcome: fail, xfail, pass, skip)">
+{_matrix_html(rows)}
 <script>
-document.querySelectorAll('#matrix th').forEach((th, col) => th.addEventListener('click', () => {{
-  const body = document.querySelector('#matrix tbody');
-  const rows = Array.from(body.rows);
-  const dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
-  rows.sort((a, b) => {{
-    const x = a.cells[col].textContent, y = b.cells[col].textContent;
-    const nx = parseFloat(x), ny = parseFloat(y);
-    return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
-  }});
-  rows.forEach(r => body.appendChild(r));
-}}));
 document.getElementById('filter').addEventListener('input', e => {{
-  const q = e.target.value.toLowerCase();
+  const q = e.target.value.toLowerCase().trim();
   document.querySelectorAll('#matrix tbody tr').forEach(r => {{
-    r.style.display = r.textContent.toLowerCase().includes(q) ? '' : 'none';
+    const text = r.cells[0].textContent.toLowerCase();
+    const outcomes = Array.from(r.querySelectorAll('span.v')).map(s => s.className.split(' ')[1]);
+    r.style.display = (!q || text.includes(q) || outcomes.includes(q)) ? '' : 'none';
   }});
 }});
 </script></body></html>
 """
     with open(path, "w") as f:
         f.write(doc)
+
+
+def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
+    """The short table the job ends with: cells and outcomes by dtype, every failure with its reason."""
+    s = summarize(payload)
+    lines = [f"{'dtype':<10} {'cells':>6} {'pass':>6} {'xfail':>6} {'fail':>6} {'skip':>6}"]
+    for d, c in s["by_dtype"].items():
+        lines.append(f"{d:<10} {sum(c.values()):>6} {c.get('pass', 0):>6} {c.get('xfail', 0):>6} "
+                     f"{c.get('fail', 0):>6} {c.get('skip', 0):>6}")
+    t = s["totals"]
+    lines.append(f"{'all':<10} {s['cells']:>6} {t.get('pass', 0):>6} {t.get('xfail', 0):>6} {t.get('fail', 0):>6} "
+                 f"{t.get('skip', 0):>6}   pass rate {s['pass_rate']:.2%} of runnable cells")
+    models = payload.get("models", [])
+    if models:
+        mc = Counter(m["outcome"] for m in models)
+        lines.append(f"models: {len(models)} checks, " + ", ".join(f"{o} {mc.get(o, 0)}" for o in OUTCOMES))
+    failures = [r for r in payload["results"] if r["outcome"] == "fail"]
+    failures += [dict(op=f"{m['family']}: {m['model']}", variant=m["check"], dtype=m.get("dtype", ""),
+                      reason=m.get("reason", "")) for m in models if m["outcome"] == "fail"]
+    for r in failures:
+        lines.append(f"FAIL {r['op']} [{r['variant']}, {r['dtype']}]: {(r.get('reason') or '')[:200]}")
+    for nodeid in s["other_failures"]:
+        lines.append(f"FAIL {nodeid}")
+    if not failures and not s["other_failures"]:
+        lines.append("no failures outside the manifest")
+    if report_path:
+        lines.append(f"report: {report_path}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -152,10 +242,11 @@ def main(argv=None) -> int:
         payload = json.load(f)
     write_html(payload, os.path.join(ns.folder, "index.html"))
     s = summarize(payload)
-    print(json.dumps({k: v for k, v in s.items()}, indent=1))
-    if ns.check and (s["totals"].get("fail", 0) or s["other_failures"]):
-        print(f"{s['totals'].get('fail', 0)} cells failed outside the manifest; other failed tests: "
-              f"{s['other_failures'] or 'none'}", file=sys.stderr)
+    print("\n".join(summary_lines(payload, os.path.join(ns.folder, "index.html"))))
+    model_failures = sum(1 for m in payload.get("models", []) if m["outcome"] == "fail")
+    if ns.check and (s["totals"].get("fail", 0) or s["other_failures"] or model_failures):
+        print(f"{s['totals'].get('fail', 0)} cells and {model_failures} model checks failed outside the manifest; "
+              f"other failed tests: {s['other_failures'] or 'none'}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .capture import dispatch
+from .capture import device_choice, dispatch
 from .capture.rng import chain
 
 NAME = "remote_accelerator"
@@ -177,6 +177,7 @@ def register() -> None:
     _register_factories(lib)
     lib.impl("_copy_from", _copy_from, "PrivateUse1")
     _register_out_fixes(lib)
+    device_choice.register(lib)
     # No backend fallback: for an op that reaches PrivateUse1 without a LazyTensor, torch's own
     # "Could not run 'aten::X' with arguments from the 'remote_accelerator' backend" names it.
     _libs.append(lib)

@@ -46,16 +46,37 @@ def _dump_dom(path):
 @needs_chromium
 def test_conformance_report_renders(tmp_path):
     payload = _payload()
+    payload["results"].append(dict(payload["results"][0], dtype="float64", variant="method", outcome="fail",
+                                   reason="values differ"))
+    payload["models"] = [{"family": "cnn", "model": "SmallCNN", "check": "forward", "outcome": "pass", "reason": ""},
+                         {"family": "rnn", "model": "LSTM", "check": "train_step", "outcome": "fail",
+                          "reason": "grad differs"}]
     path = tmp_path / "index.html"
     write_html(payload, str(path))
     dom = _dump_dom(str(path))
-    rows = re.findall(r"<tr class=\"(pass|fail|xfail|skip)\">", dom)
-    assert len(rows) == len(payload["results"])
+    # the matrix: one row per OpInfo, one column per dtype, coloured by the cell's worst variant
+    matrix = dom[dom.index('id="matrix"'):]
+    rows = re.findall(r'<tr class="op (pass|fail|xfail|skip)">', matrix)
+    ops = {r["op"] for r in payload["results"]}
+    assert len(rows) == len(ops)
+    assert rows[0] == "fail"  # failures first
+    assert re.search(r'<td class="fail"><span class="v fail"', matrix)
     s = summarize(payload)
     for key in ("pass", "xfail", "fail", "skip"):
         m = re.search(rf'id="total-{key}">(\d+)<', dom)
         assert m and int(m.group(1)) == s["totals"].get(key, 0)
-    assert json.loads(json.dumps(payload))["results"][0]["op"] in dom
+    failures = dom[dom.index('id="failures"'):dom.index('id="xfails"')]
+    assert failures.count('<tr class="fail">') == 3  # sin, add/float64/method, the LSTM model check
+    assert "grad differs" in failures and "values differ" in failures
+    assert 'id="models"' in dom and "SmallCNN" in dom
+
+
+def test_summary_lines_name_every_failure():
+    from conformance.report import summary_lines
+    lines = summary_lines(_payload(), "reports/conformance/index.html")
+    assert lines[0].split() == ["dtype", "cells", "pass", "xfail", "fail", "skip"]
+    assert any(line.startswith("FAIL sin.default") for line in lines)
+    assert lines[-1] == "report: reports/conformance/index.html"
 
 
 def test_report_cli_check(tmp_path):

@@ -21,6 +21,7 @@ import torch
 from torch.utils._mode_utils import no_dispatch
 
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
+from . import device_choice
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain
@@ -361,6 +362,8 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if oc.writes:
         # whether arguments share memory decides eager's overlap errors: part of the signature
         key.append(_alias_signature(args, kwargs))
+    if oc.grad_mode:
+        key.append(torch.is_grad_enabled())
     key = tuple(key)
     inf = _cache.get(key)
     if inf is None:
@@ -457,6 +460,12 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw):
     flat_specs = [s for _, s in targets] + _flatten(ret_specs)
     single = len(flat_specs) == 1 and not (ret_specs and isinstance(ret_specs[0], tuple))
     node = Node(func, nargs, nkw, flat_specs[0] if single else tuple(flat_specs))
+    if targets and not oc.inplace_view:
+        reads = _reads_of_written(func, args, kwargs, targets)
+        if reads:
+            node.annotate("reads_written", reads)
+    if oc.grad_mode:
+        node.annotate("grad_enabled", torch.is_grad_enabled())
     if oc.random:
         chain.link(node)
     if single:
@@ -492,6 +501,30 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw):
     if len(oc.returns) == 0:
         return None
     return results[0] if len(results) == 1 else tuple(results)
+
+
+def _reads_of_written(func, args, kwargs, targets) -> tuple:
+    """Inputs that share memory with a tensor the op writes: ``(where, target index, spec)``.
+
+    Eager kernels read such an input from the very memory they are writing, so a row written
+    early is seen by the reads that come later (``x.add_(x[:1].expand_as(x))``). Execution runs
+    the write on a copy of the whole storage and points these inputs at that copy (see
+    execution.local), so the same reads see the same writes."""
+    by_storage = {}
+    for i, (t, _) in enumerate(targets):
+        if t._storage is not None:
+            by_storage.setdefault(id(t._storage), i)
+    if not by_storage:
+        return ()
+    written = {id(t) for t, _ in targets}
+    reads = []
+    positions = list(enumerate(args)) + list(kwargs.items())
+    for where, a in positions:
+        if a.__class__ is LazyTensor and id(a) not in written and a._storage is not None:
+            i = by_storage.get(id(a._storage))
+            if i is not None and not (a._spec.conj or a._spec.neg):
+                reads.append((where, i, a._spec))
+    return tuple(reads)
 
 
 def _wrap_out(spec, node, storage, src=None):
@@ -630,6 +663,17 @@ def _is_pinned(func, args, kwargs):
     return False
 
 
+_CPU_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def _host_contract(func, args, kwargs):
+    """Composite kernels whose contract takes an argument on the host and reads it there (the
+    ``lengths`` of pack_padded_sequence, which eager CUDA requires on the CPU). Their device-generic
+    kernel runs as it is: its reads of the host tensor happen now, and the ops it issues on the
+    device tensors are captured like any others."""
+    return func.redispatch(_CPU_KEYSET, *args, **kwargs)
+
+
 def _unsupported(func, args, kwargs):
     raise NotImplementedError(f"{op_name(func)} is not supported on {DEVICE_TYPE}: "
                               "tensors there have no host-visible storage")
@@ -641,7 +685,11 @@ _SPECIAL = {
     aten.is_pinned.default: _is_pinned,
     aten.set_.source_Storage: _unsupported,
     aten.set_.source_Storage_storage_offset: _unsupported,
+    aten._pack_padded_sequence.default: _host_contract,
 }
+# composites that choose kernels by device type (reached here when autograd is skipped)
+for _func in device_choice.OPS:
+    _SPECIAL[_func] = device_choice.run
 for _func, _handler in _SPECIAL.items():
     _oc = classify(_func)
     _oc.special, _oc.plain = _handler, False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch, fastpath
+from . import device_choice, dispatch, fastpath, module_conversion
 
 
 class LazyTensor(torch.Tensor):
@@ -46,7 +46,7 @@ class LazyTensor(torch.Tensor):
 
     def __reduce_ex__(self, proto):
         # pickling / torch.save: save the value, as a CUDA tensor saves its data
-        return (_rebuild, (self.detach().cpu(), self.requires_grad))
+        return (_rebuild, (self.detach().cpu(), self.requires_grad, bool(getattr(self, "_is_param", False))))
 
     @property
     def genie_node(self):
@@ -57,14 +57,17 @@ class LazyTensor(torch.Tensor):
         return self._node
 
 
-def _rebuild(host: torch.Tensor, requires_grad: bool):
+def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False):
     t = host.to(dispatch.DEVICE)
+    if is_param:  # a Parameter on the device is a LazyTensor flagged as one (nn.Parameter's rule)
+        return torch.nn.Parameter(t, requires_grad)
     if requires_grad:
         t.requires_grad_(True)
     return t
 
 
-dispatch.LazyTensor = LazyTensor
+dispatch.LazyTensor = device_choice.LazyTensor = LazyTensor
 fastpath.install(LazyTensor)
+module_conversion.install()
 # torch.load's default weights_only unpickler accepts only allow-listed globals
 torch.serialization.add_safe_globals([_rebuild])

@@ -27,6 +27,7 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
     "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
+    "aten::mkldnn_rnn_layer",  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
     "aten::addbmm_",  # eager resizes a broadcastable self ([1] -> [n, m]); the meta kernel rejects it
 })
 
@@ -173,7 +174,8 @@ def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, f
     storages: dict = {}
     margs = _convert(args, device, fill, lazy_cls, is_remote_device, storages)
     mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device, storages) for k, v in kwargs.items()}
-    with eager_kernels():
+    grad = opclass.grad_mode and torch.is_grad_enabled()
+    with eager_kernels(), torch.set_grad_enabled(grad):
         out = func(*margs, **mkwargs)
     outs = out if isinstance(out, tuple) and len(opclass.returns) != 1 else (out,)
     if len(opclass.returns) == 0:

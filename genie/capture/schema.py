@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "single_view", "fresh_tuple", "captured", "eager", "fallback")
+                 "simple_inplace", "single_view", "fresh_tuple", "grad_mode", "captured", "eager", "fallback")
 
     def __init__(self, func):
         self.func = func
@@ -68,8 +68,11 @@ class OpClass:
         # (inference tensors); decompose them as autograd would have.
         self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
         self.special = None  # a handler of dispatch's special-op table, set by dispatch
+        # kernels whose outputs depend on the grad mode they run under (see GRAD_MODE_KERNELS)
+        self.grad_mode = schema.name in GRAD_MODE_KERNELS
         # the capture fast path: one fresh output, nothing written, no RNG, no data dependence
-        self.plain = not (self.composite or self.dynamic or self.writes or self.has_view or self.random) \
+        self.plain = not (self.composite or self.dynamic or self.writes or self.has_view or self.random
+                          or self.grad_mode) \
             and len(self.returns) == 1 and not self.scalar_out
         # x.t(), x.view(...): one output, a view of the first argument
         self.single_view = self.returns == [("view", 0)] and not (
@@ -77,12 +80,17 @@ class OpClass:
             and _is_single_tensor(schema.returns[0].type)
         # native_batch_norm, max_pool2d_with_indices: several fresh tensor outputs, nothing else
         self.fresh_tuple = len(self.returns) > 1 and all(r == ("fresh",) for r in self.returns) and not (
-            self.composite or self.dynamic or self.writes or self.random or self.scalar_out) \
+            self.composite or self.dynamic or self.writes or self.random or self.scalar_out or self.grad_mode) \
             and all(_is_single_tensor(r.type) for r in schema.returns)
         # x.add_(y): writes its first argument only and returns it
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
 
+
+# Kernels that look at GradMode: mkldnn's RNN layer allocates the workspace its backward needs
+# only when grad is enabled. Captured with the grad mode of the call (part of the signature) and
+# executed under it; execution otherwise runs with grad off.
+GRAD_MODE_KERNELS = frozenset({"aten::mkldnn_rnn_layer"})
 
 # Ops that return a view of their first argument without saying so in their schema.
 _UNANNOTATED_VIEWS = frozenset({"aten::_unsafe_view"})

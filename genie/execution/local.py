@@ -50,6 +50,9 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     return out
 
 
+_NO_ANNOTATIONS: dict = {}
+
+
 class LocalExecutor(Executor):
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
@@ -78,6 +81,9 @@ class LocalExecutor(Executor):
         try:
             if oc.random:
                 out = self._run_random(node, op, args, kwargs)
+            elif oc.grad_mode:
+                with torch.set_grad_enabled((node.annotations or _NO_ANNOTATIONS).get("grad_enabled", False)):
+                    out = op(*args, **kwargs)
             else:
                 out = op(*args, **kwargs)
         except Exception as e:
@@ -121,6 +127,14 @@ class LocalExecutor(Executor):
                 kwargs[where] = new
             else:
                 args[where] = new
+        for where, i, spec in (node.annotations or _NO_ANNOTATIONS).get("reads_written", ()):
+            # an input sharing memory with a written tensor reads the memory being written, as in eager
+            alias = torch.empty(0, dtype=spec.dtype, device=written[i].device)
+            alias.set_(written[i].untyped_storage(), spec.offset, spec.shape, spec.stride)
+            if isinstance(where, str):
+                kwargs[where] = alias
+            else:
+                args[where] = alias
         return args, kwargs, written
 
     def _writable(self, value, src, oc):

@@ -1,0 +1,182 @@
+"""Composite ops that choose their kernels by device type, run as the execution device chooses.
+
+Some CompositeImplicitAutograd ops look at the device type of their inputs before picking what
+to call: ``scaled_dot_product_attention`` asks a per-device dispatch stub which fused kernel to
+use (a Python backend cannot register one, so on a PrivateUse1 device it always takes the math
+path), and the RNNs call ``_thnn_fused_lstm_cell`` / ``_thnn_fused_gru_cell`` for PrivateUse1
+(CUDA-only kernels) where CPU takes mkldnn or its own cell loop. Decomposed on a LazyTensor,
+those ops would compute something eager on the execution device never computes.
+
+So these ops get a kernel of their own, at the device's autograd key (and on the capture path,
+for calls that skip autograd): the composite is traced once per signature with ``make_fx`` on
+fake tensors *of the execution device* (same shapes, strides, dtypes, requires_grad, grad mode),
+which makes exactly the choices eager makes there, and the traced aten program is replayed on
+the LazyTensors. Replayed ops go through autograd as eager's do, so backward is eager's too.
+Non-tensor arguments and host tensors (an RNN's ``batch_sizes``) are part of the signature and
+baked into the trace.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
+from torch.fx.experimental.proxy_tensor import make_fx
+
+aten = torch.ops.aten
+LazyTensor = None  # bound by lazy_tensor.py
+
+
+def _ops():
+    names = [
+        ("scaled_dot_product_attention", "default"),
+        ("lstm", "input"), ("lstm", "data"), ("gru", "input"), ("gru", "data"),
+        ("rnn_tanh", "input"), ("rnn_tanh", "data"), ("rnn_relu", "input"), ("rnn_relu", "data"),
+        ("lstm_cell", "default"), ("gru_cell", "default"),
+    ]
+    for packet, overload in names:
+        op = getattr(getattr(aten, packet, None), overload, None)
+        if op is not None:
+            yield op
+
+
+OPS = tuple(_ops())
+
+_traces: dict = {}
+_TRACE_LIMIT = 4096
+_lock = threading.Lock()
+
+
+class _Trace:
+    """One traced program: the GraphModule, which flat argument positions are its inputs, and
+    how to rebuild the op's (possibly nested) result from the program's flat outputs."""
+    __slots__ = ("gm", "lazy_positions", "out_shape")
+
+    def __init__(self, gm, lazy_positions, out_shape):
+        self.gm = gm
+        self.lazy_positions = lazy_positions
+        self.out_shape = out_shape
+
+
+def _flatten(args, flat, shape):
+    """Flatten arguments (tensors, lists of tensors, constants) into ``flat``; ``shape`` records
+    the nesting so that the arguments can be rebuilt."""
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            shape.append(("seq", type(a), len(a)))
+            _flatten(a, flat, shape)
+        else:
+            shape.append(("leaf",))
+            flat.append(a)
+
+
+def _rebuild(shape, flat, n_top):
+    it_flat = iter(flat)
+    it_shape = iter(shape)
+
+    def take(n):
+        out = []
+        for _ in range(n):
+            s = next(it_shape)
+            out.append(s[1](take(s[2])) if s[0] == "seq" else next(it_flat))
+        return out
+
+    return take(n_top)
+
+
+def _signature(func, flat, shape, names):
+    key = [func, torch.is_grad_enabled(), tuple(shape), names]
+    for a in flat:
+        if isinstance(a, LazyTensor):
+            key.append(("lazy", tuple(a.shape), a.stride(), a.storage_offset(), a.dtype, a.requires_grad,
+                        a.is_conj(), a.is_neg()))
+        elif isinstance(a, torch.Tensor):
+            key.append(("host", a.device, a.dtype, tuple(a.shape), tuple(a.reshape(-1).tolist())))
+        else:
+            key.append((a.__class__, a))
+    return tuple(key)
+
+
+def _fake_like(t, device):
+    n = t.untyped_storage().nbytes() // t.dtype.itemsize if t.dtype.itemsize else 0
+    n = max(n, t.storage_offset() + 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0))
+    base = torch.empty(n, dtype=t.dtype, device=device)
+    out = base.as_strided(t.shape, t.stride(), t.storage_offset()).detach()
+    return out.requires_grad_(t.requires_grad) if t.requires_grad else out
+
+
+def _retarget_devices(gm, device, remote) -> None:
+    """Factory calls in the trace name the execution device; on replay they create on the device."""
+    def fix(a):
+        if isinstance(a, torch.device) and a.type == device.type:
+            return remote
+        if isinstance(a, (list, tuple)):
+            return type(a)(fix(x) for x in a)
+        return a
+    for node in gm.graph.nodes:
+        node.args = fix(node.args)
+        node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
+
+
+def _trace(func, flat, shape, n_args, names, device, remote):
+    lazy_positions = [i for i, a in enumerate(flat) if isinstance(a, LazyTensor)]
+    out_shape = []
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fakes = [_fake_like(flat[i], device) for i in lazy_positions]
+
+    def program(*tensors):
+        leaves = list(flat)
+        for i, t in zip(lazy_positions, tensors):
+            leaves[i] = t
+        top = _rebuild(shape, leaves, n_args + len(names))
+        out = func(*top[:n_args], **dict(zip(names, top[n_args:])))
+        seq = isinstance(out, (list, tuple))
+        out_shape[:] = [seq, type(out) if seq else None]
+        return list(out) if seq else [out]
+
+    with mode:
+        gm = make_fx(program, tracing_mode="real")(*fakes)
+    gm.graph.eliminate_dead_code()
+    _retarget_devices(gm, device, remote)
+    gm.recompile()
+    return _Trace(gm, lazy_positions, tuple(out_shape))
+
+
+def run(func, args, kwargs):
+    """``func(*args, **kwargs)`` on LazyTensors, as eager on the execution device would run it."""
+    from .. import config
+    from . import dispatch
+
+    names = tuple(kwargs)
+    flat: list = []
+    shape: list = []
+    _flatten(tuple(args) + tuple(kwargs.values()), flat, shape)
+    key = _signature(func, flat, shape, names)
+    trace = _traces.get(key)
+    if trace is None:
+        try:
+            trace = _trace(func, flat, shape, len(args), names, config.execution_device(), dispatch.DEVICE)
+        except UnsupportedOperatorException:
+            # the fake kernels cannot trace it: the op's own decomposition, on the device
+            return func.decompose(*args, **kwargs)
+        with _lock:
+            if len(_traces) >= _TRACE_LIMIT:
+                _traces.clear()
+            _traces[key] = trace
+    outs = trace.gm(*[flat[i] for i in trace.lazy_positions])
+    is_seq, seq_type = trace.out_shape
+    return seq_type(outs) if is_seq else outs[0]
+
+
+def trace_count() -> int:
+    return len(_traces)
+
+
+def register(lib) -> None:
+    """Kernels at the device's autograd key: replayed ops go through autograd themselves."""
+    for func in OPS:
+        def kernel(*args, _func=func, **kwargs):
+            return run(_func, args, kwargs)
+        lib.impl(func._schema.name.split("::")[1] + (f".{func._overloadname}" if func._overloadname != "default"
+                                                       else ""), kernel, "AutogradPrivateUse1")
