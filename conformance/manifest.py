@@ -46,7 +46,23 @@ def lookup(op: str, variant: str, dtype: str, device: str) -> str | None:
 
 
 # Model-zoo and module_db checks expected to fail: (model or ModuleInfo name, check) -> reason.
+LAZY_MODULES = ("nn.Lazy* modules keep their UninitializedParameter through .to() by `param.data = moved`, a shallow "
+                "copy PyTorch allows only between its own dense backends (CPU, CUDA, ...), never to PrivateUse1; moved "
+                "as plain Parameters they never materialize (move a lazy module after its first forward)")
+
 MODEL_XFAILS: dict[tuple[str, str], str] = {
+    ("nn_LazyConv1d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConv1d", "forward-train"): LAZY_MODULES,
+    ("nn_LazyConv2d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConv2d", "forward-train"): LAZY_MODULES,
+    ("nn_LazyConv3d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConv3d", "forward-train"): LAZY_MODULES,
+    ("nn_LazyConvTranspose1d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConvTranspose1d", "forward-train"): LAZY_MODULES,
+    ("nn_LazyConvTranspose2d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConvTranspose2d", "forward-train"): LAZY_MODULES,
+    ("nn_LazyConvTranspose3d", "forward-eval"): LAZY_MODULES,
+    ("nn_LazyConvTranspose3d", "forward-train"): LAZY_MODULES,
 }
 
 

@@ -173,10 +173,57 @@ def trace_count() -> int:
     return len(_traces)
 
 
+# Ops with both a CompositeImplicitAutograd kernel and a backend kernel (``silu_backward``): on CPU
+# the backend kernel wins, so eager never runs the decomposition; on a device without a kernel of
+# its own the dispatcher decomposes. Where the execution device has the kernel, the device skips
+# the decomposition and captures the op whole (eager's backend has no autograd formula for them
+# either: they are backward helpers).
+_BACKEND_KEYS = ("CPU", "CUDA")
+
+
+def _backend_over_composite():
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for schema in torch._C._jit_get_all_schemas():
+        if not schema.name.startswith("aten::"):
+            continue
+        name = schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
+        try:
+            both = has(name, "CompositeImplicitAutograd") and any(has(name, k) for k in _BACKEND_KEYS)
+        except RuntimeError:  # a JIT-only schema with no dispatcher entry
+            continue
+        if both:
+            packet = getattr(aten, schema.name[len("aten::"):], None)
+            op = getattr(packet, schema.overload_name or "default", None)
+            if op is not None:
+                yield op
+
+
+def execution_has_kernel(func) -> bool:
+    """Does the execution device have a backend kernel of its own for this op?"""
+    from .. import config
+    key = "CUDA" if config.execution_device().type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
+
+
+def _whole(func, args, kwargs):
+    if execution_has_kernel(func):
+        with torch._C._AutoDispatchBelowAutograd():
+            return func(*args, **kwargs)
+    return func.decompose(*args, **kwargs)
+
+
 def register(lib) -> None:
     """Kernels at the device's autograd key: replayed ops go through autograd themselves."""
     for func in OPS:
         def kernel(*args, _func=func, **kwargs):
             return run(_func, args, kwargs)
-        lib.impl(func._schema.name.split("::")[1] + (f".{func._overloadname}" if func._overloadname != "default"
-                                                       else ""), kernel, "AutogradPrivateUse1")
+        lib.impl(_impl_name(func), kernel, "AutogradPrivateUse1")
+    for func in _backend_over_composite():
+        def whole(*args, _func=func, **kwargs):
+            return _whole(_func, args, kwargs)
+        lib.impl(_impl_name(func), whole, "AutogradPrivateUse1")
+
+
+def _impl_name(func) -> str:
+    name = func._schema.name.split("::")[1]
+    return name if func._overloadname == "default" else f"{name}.{func._overloadname}"

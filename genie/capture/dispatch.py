@@ -55,6 +55,7 @@ class _Verdict:
 
 _FALLBACK = _Verdict("fallback")  # no metadata inference: run eagerly
 _DATA_DEPENDENT = _Verdict("data-dependent")  # run this signature eagerly, like nonzero
+_DEFAULT_DTYPE = _Verdict("default-dtype")  # outputs follow torch.get_default_dtype(): keyed on it too
 _FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual"
 
 
@@ -365,9 +366,7 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if oc.grad_mode:
         key.append(torch.is_grad_enabled())
     key = tuple(key)
-    inf = _cache.get(key)
-    if inf is None:
-        inf = _infer(key, func, oc, args, kwargs)
+    inf = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK:
         return run_eagerly(func, oc, args, kwargs, fallback=True)
     if inf is _DATA_DEPENDENT:
@@ -407,7 +406,19 @@ def _alias_signature(args, kwargs) -> tuple:
     return tuple(sig)
 
 
-def _infer(key, func, oc, args, kwargs):
+def _lookup(key, func, oc, args, kwargs):
+    inf = _cache.get(key)
+    if inf is None:
+        inf = _infer(key, func, oc, args, kwargs)
+    if inf is _DEFAULT_DTYPE:
+        dkey = key + (torch.get_default_dtype(),)
+        inf = _cache.get(dkey)
+        if inf is None:
+            inf = _infer(dkey, func, oc, args, kwargs, by_default_dtype=False)
+    return inf
+
+
+def _infer(key, func, oc, args, kwargs, by_default_dtype=True):
     try:
         inf = infer(func, oc, args, kwargs, LazyTensor, is_remote_device)
     except NoMetaKernel:
@@ -417,8 +428,32 @@ def _infer(key, func, oc, args, kwargs):
     with _cache_lock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
-        _cache[key] = inf
+        if by_default_dtype and _follows_default_dtype(inf, args, kwargs):
+            # an int tensor divided, a factory without dtype: the signature includes the default dtype
+            _cache[key] = _DEFAULT_DTYPE
+            _cache[key + (torch.get_default_dtype(),)] = inf
+        else:
+            _cache[key] = inf
     return inf
+
+
+def _follows_default_dtype(inf, args, kwargs) -> bool:
+    """Could the output dtype come from ``torch.get_default_dtype()``? Only if an output is a
+    floating or complex tensor, no input is, and no dtype is given."""
+    if inf.__class__ is not Inferred or inf.error is not None or kwargs.get("dtype") is not None:
+        return False
+    outs = [s for s in _flatten(list(inf.outs) + list(inf.mutated or ())) if s is not None]
+    if not any(s.dtype.is_floating_point or s.dtype.is_complex for s in outs):
+        return False
+    stack = [tuple(args), tuple(kwargs.values())]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, torch.Tensor):
+                if a.dtype.is_floating_point or a.dtype.is_complex:
+                    return False
+            elif isinstance(a, (list, tuple)):
+                stack.append(tuple(a))
+    return True
 
 
 def op_error(func, e: BaseException) -> BaseException:
@@ -679,6 +714,23 @@ def _unsupported(func, args, kwargs):
                               "tensors there have no host-visible storage")
 
 
+_QUANTIZED_DTYPES = frozenset({torch.quint8, torch.qint8, torch.qint32, torch.quint4x2, torch.quint2x4})
+
+
+def _quantized(func, args, kwargs):
+    raise NotImplementedError(f"{op_name(func)}: quantized tensors are not supported on {DEVICE_TYPE} "
+                              "(quantize on the host, or keep the model in floating point on the device)")
+
+
+def _quantizing_ops():
+    for name in ("quantize_per_tensor", "quantize_per_channel", "quantize_per_tensor_dynamic",
+                 "_make_per_tensor_quantized_tensor", "_make_per_channel_quantized_tensor",
+                 "_empty_affine_quantized", "_empty_per_channel_affine_quantized", "empty_quantized"):
+        packet = getattr(aten, name, None)
+        for overload in (packet.overloads() if packet is not None else ()):
+            yield getattr(packet, overload)
+
+
 _SPECIAL = {
     aten._to_copy.default: _to_copy,
     aten.copy_.default: _copy_,
@@ -687,6 +739,8 @@ _SPECIAL = {
     aten.set_.source_Storage_storage_offset: _unsupported,
     aten._pack_padded_sequence.default: _host_contract,
 }
+for _func in _quantizing_ops():
+    _SPECIAL[_func] = _quantized
 # composites that choose kernels by device type (reached here when autograd is skipped)
 for _func in device_choice.OPS:
     _SPECIAL[_func] = device_choice.run
@@ -704,6 +758,8 @@ def capture_factory(func, args, kwargs):
     """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
     pin_memory, ...) are hashable constants, so they enter the signature as they are."""
     oc = _classes.get(id(func)) or classify(func)
+    if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
+        _quantized(func, args, kwargs)
     key = [oc]
     nargs = tuple(_walk(args, key, func))
     key.append(tuple(kwargs.items()))
@@ -715,8 +771,8 @@ def capture_factory(func, args, kwargs):
         if index is not None and index != 0:
             inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
             _cache[key] = inf
-        else:
-            inf = _infer(key, func, oc, args, kwargs)
+    if inf is None or inf is _DEFAULT_DTYPE:
+        inf = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK or inf is _DATA_DEPENDENT:
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
                                   "(sparse layouts are not supported there)")

@@ -27,7 +27,8 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
     "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
-    "aten::mkldnn_rnn_layer",  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
+    "aten::mkldnn_rnn_layer",
+    "aten::multilabel_margin_loss_forward",  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
     "aten::addbmm_",  # eager resizes a broadcastable self ([1] -> [n, m]); the meta kernel rejects it
 })
 
@@ -118,7 +119,15 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
             raise
         except Exception as e:  # the op rejects these inputs: eager would raise the same
             if not _looks_like_missing_meta(e):
-                return Inferred(None, None, e)
+                meta_error = e
+                if _execution_is_cpu():
+                    # a meta kernel may be stricter than the kernel that will run (``_grouped_mm``
+                    # in float32): the execution device's kernel decides, once per signature
+                    try:
+                        return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
+                    except Exception:
+                        pass
+                return Inferred(None, None, meta_error)
     try:
         return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
     except NotImplementedError as e:
@@ -127,6 +136,11 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
         raise
     except Exception as e:
         return Inferred(None, None, e)
+
+
+def _execution_is_cpu() -> bool:
+    from .. import config
+    return config.execution_device().type == "cpu"
 
 
 def _writes_overlapping(opclass, args, kwargs, func, lazy_cls) -> bool:

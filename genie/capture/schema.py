@@ -66,7 +66,8 @@ class OpClass:
         self.inplace_view = Tag.inplace_view in tags
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
-        self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+        self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd") \
+            and not _execution_has_kernel(func)
         self.special = None  # a handler of dispatch's special-op table, set by dispatch
         # kernels whose outputs depend on the grad mode they run under (see GRAD_MODE_KERNELS)
         self.grad_mode = schema.name in GRAD_MODE_KERNELS
@@ -91,6 +92,11 @@ class OpClass:
 # only when grad is enabled. Captured with the grad mode of the call (part of the signature) and
 # executed under it; execution otherwise runs with grad off.
 GRAD_MODE_KERNELS = frozenset({"aten::mkldnn_rnn_layer"})
+
+def _execution_has_kernel(func) -> bool:
+    from .device_choice import execution_has_kernel
+    return execution_has_kernel(func)
+
 
 # Ops that return a view of their first argument without saying so in their schema.
 _UNANNOTATED_VIEWS = frozenset({"aten::_unsafe_view"})

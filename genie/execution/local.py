@@ -53,11 +53,26 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
 _NO_ANNOTATIONS: dict = {}
 
 
+def _histc_integer(x, bins=100, min=0, max=0):
+    """``histc`` of an integer tensor, which CUDA computes and CPU refuses ("histogram_cpu not
+    implemented for 'Int'"). Libraries take that branch on any non-CPU device (transformers' MoE
+    routing counts tokens per expert so), so the device offers it on CPU execution too: counts of
+    integers are exact in float64, and the result has the input's dtype, as on CUDA."""
+    return torch.histc(x.double(), bins, min, max).to(x.dtype)
+
+
+# Kernels an accelerator has that the CPU lacks, for CPU execution: (op, applies?) -> replacement
+_CPU_SUPPLEMENTS = {
+    torch.ops.aten.histc.default: (lambda x, *a, **k: not (x.is_floating_point() or x.is_complex()), _histc_integer),
+}
+
+
 class LocalExecutor(Executor):
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self._generator = torch.cuda.default_generators[self.device.index] if self.device.type == "cuda" \
             else torch.default_generator
+        self._supplements = _CPU_SUPPLEMENTS if self.device.type == "cpu" else {}
 
     def execute(self, plan) -> None:
         with eager_kernels():
@@ -81,6 +96,8 @@ class LocalExecutor(Executor):
         try:
             if oc.random:
                 out = self._run_random(node, op, args, kwargs)
+            elif op in self._supplements and self._supplements[op][0](*args, **kwargs):
+                out = self._supplements[op][1](*args, **kwargs)
             elif oc.grad_mode:
                 with torch.set_grad_enabled((node.annotations or _NO_ANNOTATIONS).get("grad_enabled", False)):
                     out = op(*args, **kwargs)
