@@ -10,6 +10,7 @@ failures are strict xfails in conformance/manifest.py, as for ops.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 
@@ -146,8 +147,7 @@ def _check_generate(model, lazy, inputs, l_inputs, sampled):
 @pytest.mark.parametrize("case, check", list(_cases()))
 def test_model(case, check, record_property):
     record_property("genie_model", {"family": case.family, "model": case.name, "check": check, "dtype": "float32"})
-    reason = manifest.lookup_model(case.name, check)
-    try:
+    with _verdict(case.name, check, record_property):
         model, lazy, inputs, l_inputs = _build(case)
         if check == "forward":
             _check_forward(case, model, lazy, inputs, l_inputs)
@@ -155,13 +155,21 @@ def test_model(case, check, record_property):
             _check_train_step(model, lazy, inputs, l_inputs)
         else:
             _check_generate(model, lazy, inputs, l_inputs, sampled=check == "generate_sampled")
+
+
+@contextlib.contextmanager
+def _verdict(model: str, check: str, record_property):
+    """Strict expected failures from the manifest; the first line of a failure for the report."""
+    reason = manifest.lookup_model(model, check)
+    try:
+        yield
     except Exception as e:
         if reason is not None:
             pytest.xfail(reason)
         record_property("genie_detail", {"first_failure": f"{type(e).__name__}: {str(e).strip()[:300]}"})
         raise
     if reason is not None:
-        pytest.fail(f"[XPASS(strict)] {case.name}-{check} passes now: remove its manifest entry ({reason})")
+        pytest.fail(f"[XPASS(strict)] {model}-{check} passes now: remove its manifest entry ({reason})")
 
 
 # -- PyTorch's module database ----------------------------------------------------------------
@@ -176,22 +184,16 @@ def _module_cases():
             yield pytest.param(info, training, id=f"{info.formatted_name}-{mode}")
 
 
-def _module_outputs(module, inp):
-    args, kwargs = inp.forward_input.args, inp.forward_input.kwargs
-    return module(*args, **kwargs)
-
-
 @pytest.mark.parametrize("info, training", list(_module_cases()))
 def test_module_db(info, training, record_property):
     mode = "train" if training else "eval"
     record_property("genie_model", {"family": "module_db", "model": info.formatted_name, "check": f"forward-{mode}",
                                     "dtype": "float32"})
-    reason = manifest.lookup_model(info.formatted_name, f"forward-{mode}")
-    torch.manual_seed(SEED)
-    try:
+    ran = 0
+    with _verdict(info.formatted_name, f"forward-{mode}", record_property):
+        torch.manual_seed(SEED)
         inputs = info.module_inputs_func(info, device="cpu", dtype=torch.float32, requires_grad=False,
                                          training=training)
-        ran = 0
         for i, inp in enumerate(inputs):
             if inp.forward_input is None:
                 continue
@@ -214,12 +216,5 @@ def test_module_db(info, training, record_property):
             actual = lazy(*_to_remote(f_args), **_to_remote(f_kwargs))
             assert_same(actual, expected, f"input {i}")
             ran += 1
-    except Exception as e:
-        if reason is not None:
-            pytest.xfail(reason)
-        record_property("genie_detail", {"first_failure": f"{type(e).__name__}: {str(e).strip()[:300]}"})
-        raise
-    if reason is not None:
-        pytest.fail(f"[XPASS(strict)] {info.formatted_name}-{mode} passes now: remove its manifest entry ({reason})")
     if ran == 0:
         pytest.skip("no forward input ran in this mode")

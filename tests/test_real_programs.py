@@ -278,3 +278,27 @@ def test_quantized_tensors_are_refused_at_the_call():
 def test_host_scalar_operand_is_accepted_as_eager_accepts_it():
     x = torch.tensor([1.0, -2.0, 3.0])
     _same(torch.copysign(x.to(DEVICE), torch.tensor(-1.0)), torch.copysign(x, torch.tensor(-1.0)))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.ones(3, dtype=torch.bool, device=d) - torch.ones(3, dtype=torch.bool, device=d),
+    lambda d: torch.add(torch.ones(3, dtype=torch.int64, device=d), torch.ones(3, dtype=torch.int64, device=d),
+                        alpha=1.5),
+    lambda d: torch.pow(torch.ones(3, dtype=torch.int64, device=d), -2),
+    lambda d: torch.maximum(torch.ones(3, dtype=torch.complex64, device=d), torch.ones(3, dtype=torch.complex64,
+                                                                                      device=d)),
+    lambda d: torch.heaviside(torch.ones(3, device=d), torch.ones(3, dtype=torch.float64, device=d)),
+    lambda d: torch.ones(3, device=d).pow_(torch.ones(2, 3, device=d)),
+], ids=["bool-sub", "float-alpha-int", "int-negative-pow", "maximum-complex", "heaviside-mixed", "pow_-resize"])
+def test_errors_decidable_from_metadata_are_eagers_at_the_call(call):
+    with pytest.raises(Exception) as eager:
+        call("cpu")
+    with pytest.raises(type(eager.value)) as lazy:
+        call(DEVICE)  # at the call: nothing is read
+    assert str(eager.value) in str(lazy.value)
+
+
+def test_value_dependent_errors_are_not_raised_at_capture():
+    x = torch.ones(3, dtype=torch.int64, device=DEVICE)
+    y = torch.div(x, x, rounding_mode="floor")  # zero-filled stand-ins would divide by zero: not an error
+    assert host(y).tolist() == [1, 1, 1]

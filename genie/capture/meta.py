@@ -53,9 +53,10 @@ class Inferred:
         self.error = error
 
 
-def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None):
+def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None, ones=False):
     """A tensor on ``device`` with exactly ``spec``'s layout, storage size included. Tensors of
-    one alias group share one stand-in storage (``storages``), so kernels see their aliasing."""
+    one alias group share one stand-in storage (``storages``), so kernels see their aliasing.
+    ``fill``: zero-filled (else uninitialised); ``ones``: filled with ones instead."""
     group = getattr(t, "_storage", None)
     storage = storages.get(id(group)) if storages is not None and group is not None else None
     if storage is None:
@@ -67,6 +68,8 @@ def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None):
             storages[id(group)] = storage
     out = torch.empty(0, dtype=spec.dtype, device=device)
     out.set_(storage, spec.offset, spec.shape, spec.stride)
+    if ones:
+        out.fill_(1)
     if spec.conj:
         torch._C._set_conj(out, True)
     if spec.neg:
@@ -74,15 +77,15 @@ def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None):
     return out
 
 
-def _convert(a, device, fill, lazy_cls, is_remote_device, storages):
+def _convert(a, device, fill, lazy_cls, is_remote_device, storages, ones=False):
     if isinstance(a, lazy_cls):
-        return _stand_in(a, device, a._spec, fill, storages)
+        return _stand_in(a, device, a._spec, fill, storages, ones)
     if isinstance(a, torch.Tensor):
         if device.type == "meta" and a.dim() > 0:
             return _stand_in(a, device, spec_of(a), fill)
         return a
     if isinstance(a, (list, tuple)):
-        conv = [_convert(x, device, fill, lazy_cls, is_remote_device, storages) for x in a]
+        conv = [_convert(x, device, fill, lazy_cls, is_remote_device, storages, ones) for x in a]
         return conv if isinstance(a, list) else tuple(conv)
     if isinstance(a, torch.device) and is_remote_device(a):
         return device
@@ -112,7 +115,12 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
         or (opclass.writes and _aliased_arguments(args, kwargs, lazy_cls))
     if not real:
         try:
-            return _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
+            inf = _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
+            if _kernel_checks_more(func, opclass, args, kwargs, lazy_cls):
+                error = _kernel_rejects(func, opclass, args, kwargs, lazy_cls, is_remote_device)
+                if error is not None:
+                    return Inferred(None, None, error)
+            return inf
         except NotImplementedError:
             pass
         except (NoMetaKernel, DataDependent):
@@ -122,11 +130,16 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
                 meta_error = e
                 if _execution_is_cpu():
                     # a meta kernel may be stricter than the kernel that will run (``_grouped_mm``
-                    # in float32): the execution device's kernel decides, once per signature
+                    # in float32), or raise another error than it: the execution device's kernel
+                    # decides, once per signature
                     try:
                         return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
                     except Exception:
                         pass
+                    kernel_error = _kernel_rejects(func, opclass, args, kwargs, lazy_cls, is_remote_device) \
+                        if not opclass.random else None
+                    if kernel_error is not None:
+                        return Inferred(None, None, kernel_error)
                 return Inferred(None, None, meta_error)
     try:
         return _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True)
@@ -136,6 +149,42 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
         raise
     except Exception as e:
         return Inferred(None, None, e)
+
+
+# Pointwise kernels check dtypes and arguments that their meta kernels do not (bool subtraction,
+# a float alpha for integers, an integer to a negative power, maximum of complex): eager raises at
+# the call, so capture must too. For small inputs on CPU execution the CPU kernel runs once per
+# signature on stand-ins filled with zeros and again with ones; an error both raise does not come
+# from values, and it is eager's. Random ops are left out (they would draw from the host generator).
+KERNEL_CHECK_MAX_BYTES = 1 << 16
+
+
+def _kernel_checks_more(func, opclass, args, kwargs, lazy_cls) -> bool:
+    if opclass.random or torch.Tag.pointwise not in func.tags or not _execution_is_cpu():
+        return False
+    total = 0
+    stack = [args, tuple(kwargs.values())]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, lazy_cls):
+                total += a._spec.storage_nbytes
+            elif isinstance(a, (list, tuple)):
+                stack.append(a)
+    return total <= KERNEL_CHECK_MAX_BYTES
+
+
+def _kernel_rejects(func, opclass, args, kwargs, lazy_cls, is_remote_device):
+    errors = []
+    for ones in (False, True):
+        try:
+            _infer_on(CPU, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=True, ones=ones)
+        except (NoMetaKernel, DataDependent):
+            return None
+        except Exception as e:
+            errors.append(e)
+            continue
+        return None
+    return errors[0] if type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1]) else None
 
 
 def _execution_is_cpu() -> bool:
@@ -184,10 +233,10 @@ def _looks_like_missing_meta(e: Exception) -> bool:
         "data-dependent" in msg or "Cannot access data pointer" in msg or "cannot be called on meta" in msg
 
 
-def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill):
+def _infer_on(device, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill, ones=False):
     storages: dict = {}
-    margs = _convert(args, device, fill, lazy_cls, is_remote_device, storages)
-    mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device, storages) for k, v in kwargs.items()}
+    margs = _convert(args, device, fill, lazy_cls, is_remote_device, storages, ones)
+    mkwargs = {k: _convert(v, device, fill, lazy_cls, is_remote_device, storages, ones) for k, v in kwargs.items()}
     grad = opclass.grad_mode and torch.is_grad_enabled()
     with eager_kernels(), torch.set_grad_enabled(grad):
         out = func(*margs, **mkwargs)
