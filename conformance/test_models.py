@@ -211,10 +211,11 @@ def test_module_db(info, training, record_property):
                     torch.manual_seed(SEED + i)
                     out = lazy(*_to_remote(f_args), **_to_remote(f_kwargs))
                     [t.cpu() for _, t in tensors_of(out)]
+                ran += 1  # checked: the device rejects what eager rejects
                 continue
             torch.manual_seed(SEED + i)
             actual = lazy(*_to_remote(f_args), **_to_remote(f_kwargs))
             assert_same(actual, expected, f"input {i}")
             ran += 1
     if ran == 0:
-        pytest.skip("no forward input ran in this mode")
+        pytest.skip("the ModuleInfo has no forward input in this mode")

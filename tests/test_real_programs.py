@@ -154,10 +154,10 @@ def test_rnns_match_eager_forward_and_backward(make):
         _same(lazy(x.to(DEVICE))[0], eager(x)[0])
 
 
-@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
-def test_rnn_cells_match_eager(cell):
+@pytest.mark.parametrize("cell_cls", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_rnn_cells_match_eager(cell_cls):
     torch.manual_seed(0)
-    eager = cell(4, 6)
+    eager = cell_cls(4, 6)
     lazy = copy.deepcopy(eager).to(DEVICE)
     x = torch.randn(3, 4)
     e, a = eager(x), lazy(x.to(DEVICE))
@@ -302,3 +302,16 @@ def test_value_dependent_errors_are_not_raised_at_capture():
     x = torch.ones(3, dtype=torch.int64, device=DEVICE)
     y = torch.div(x, x, rounding_mode="floor")  # zero-filled stand-ins would divide by zero: not an error
     assert host(y).tolist() == [1, 1, 1]
+
+
+def test_attention_in_a_decode_loop_with_a_growing_cache_traces_once():
+    from genie.capture import device_choice
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 1, 8)
+    for length in range(2, 8):
+        k, v = torch.randn(1, 2, length, 8), torch.randn(1, 2, length, 8)
+        a = F.scaled_dot_product_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+        _same(a, F.scaled_dot_product_attention(q, k, v))
+        if length == 3:
+            traced = device_choice.trace_count()
+    assert device_choice.trace_count() == traced  # lengths 4..7 reused the program traced for 3

@@ -154,6 +154,10 @@ def run(func, args, kwargs):
     _flatten(tuple(args) + tuple(kwargs.values()), flat, shape)
     key = _signature(func, flat, shape, names)
     trace = _traces.get(key)
+    coarse = None
+    if trace is None and func in _LENGTH_FREE and config.execution_device().type == "cpu":
+        coarse = _length_free_signature(key)
+        trace = _traces.get(coarse)
     if trace is None:
         try:
             trace = _trace(func, flat, shape, len(args), names, config.execution_device(), dispatch.DEVICE)
@@ -164,9 +168,47 @@ def run(func, args, kwargs):
             if len(_traces) >= _TRACE_LIMIT:
                 _traces.clear()
             _traces[key] = trace
+            if coarse is not None and _is_one_call(trace.gm):
+                _traces[coarse] = trace
     outs = trace.gm(*[flat[i] for i in trace.lazy_positions])
     is_seq, seq_type = trace.out_shape
     return seq_type(outs) if is_seq else outs[0]
+
+
+# Sequence lengths do not enter the CPU's attention choice (only whether they are zero), and a
+# program that is one call of the chosen kernel on the inputs bakes no size in: such a trace serves
+# every length, so a decode loop whose KV cache grows by one each step traces once, not per step.
+_LENGTH_FREE = frozenset(op for op in OPS if op._schema.name == "aten::scaled_dot_product_attention")
+
+
+def _length_free_signature(key) -> tuple:
+    out = [("length-free",)]
+    for part in key:
+        if isinstance(part, tuple) and part and part[0] == "lazy":
+            _, size, stride, offset, dtype, requires_grad, conj, neg = part
+            order = tuple(sorted(range(len(size)), key=lambda d: (stride[d], d)))
+            # the last two dims are (length, head dim) for q/k/v and (q length, kv length) for a mask
+            pattern = tuple((n == 1, n == 0) if d >= len(size) - 2 else n for d, n in enumerate(size))
+            out.append(("lazy", pattern, size[-1] if size else None, order, stride[-1] if stride else None,
+                        offset == 0, dtype, requires_grad, conj, neg))
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _is_one_call(gm) -> bool:
+    """Is the traced program a single kernel call on its inputs (plus picking its outputs)?"""
+    import operator
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
+    if len(calls) != 1:
+        return False
+
+    def size_free(a):
+        if isinstance(a, (list, tuple)):
+            return all(size_free(x) for x in a)
+        return a is None or isinstance(a, (float, bool, torch.fx.Node))
+
+    return size_free(calls[0].args) and size_free(tuple(calls[0].kwargs.values()))
 
 
 def trace_count() -> int:
