@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .capture import device_choice, dispatch
+from .capture import device_choice, dispatch, factories
 from .capture.rng import chain
 
 NAME = "remote_accelerator"
@@ -125,7 +125,7 @@ def _register_factories(lib) -> None:
             continue
 
         def kernel(*args, _op=op, **kwargs):
-            return dispatch.capture_factory(_op, args, kwargs)
+            return factories.capture_factory(_op, args, kwargs)
 
         try:
             lib.impl(f"{name}.{overload}" if overload else name, kernel, "PrivateUse1")

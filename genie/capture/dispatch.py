@@ -21,7 +21,6 @@ import torch
 from torch.utils._mode_utils import no_dispatch
 
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
-from . import device_choice
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain
@@ -56,7 +55,7 @@ class _Verdict:
 _FALLBACK = _Verdict("fallback")  # no metadata inference: run eagerly
 _DATA_DEPENDENT = _Verdict("data-dependent")  # run this signature eagerly, like nonzero
 _DEFAULT_DTYPE = _Verdict("default-dtype")  # outputs follow torch.get_default_dtype(): keyed on it too
-_FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual"
+FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual" (special_ops.py)
 
 
 class LazyStorage:
@@ -336,7 +335,7 @@ def capture(func, args, kwargs):
         oc = classify(func)
     if oc.special is not None:
         result = oc.special(func, args, kwargs)
-        if result is not _FALLTHROUGH:
+        if result is not FALLTHROUGH:
             return result
     if oc.composite:
         out = func.decompose(*args, **kwargs)
@@ -663,123 +662,3 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
 def _materialized(func, value: torch.Tensor):
     spec = spec_of(value)
     return new_lazy(spec, Node(func, (), _EMPTY, spec, value=value))
-
-
-# --------------------------------------------------------------------------------------------
-# special ops
-
-
-def _to_copy(func, args, kwargs):
-    device = kwargs.get("device")
-    if device is None or torch.device(device).type == DEVICE_TYPE:
-        return _FALLTHROUGH
-    # leaving the device: .cpu(), .to("cpu"), .to("cuda")
-    src = args[0]
-    value = value_of(src)
-    with eager_kernels():
-        return func(value, *args[1:], **kwargs)
-
-
-def _copy_(func, args, kwargs):
-    dst, src = args[0], args[1]
-    if dst is src or (isinstance(dst, LazyTensor) and isinstance(src, LazyTensor) and dst._storage is not None
-                      and dst._storage is src._storage and dst._spec is src._spec):
-        return dst  # eager returns at once for a copy onto the very same data: no overlap check, no work
-    if not isinstance(dst, LazyTensor):
-        # device -> host copy into an existing tensor
-        value = value_of(src)
-        with eager_kernels():
-            dst.copy_(value, *args[2:], **kwargs)
-        return dst
-    return _FALLTHROUGH
-
-
-def _is_pinned(func, args, kwargs):
-    return False
-
-
-_CPU_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-
-
-def _host_contract(func, args, kwargs):
-    """Composite kernels whose contract takes an argument on the host and reads it there (the
-    ``lengths`` of pack_padded_sequence, which eager CUDA requires on the CPU). Their device-generic
-    kernel runs as it is: its reads of the host tensor happen now, and the ops it issues on the
-    device tensors are captured like any others."""
-    return func.redispatch(_CPU_KEYSET, *args, **kwargs)
-
-
-def _unsupported(func, args, kwargs):
-    raise NotImplementedError(f"{op_name(func)} is not supported on {DEVICE_TYPE}: "
-                              "tensors there have no host-visible storage")
-
-
-_QUANTIZED_DTYPES = frozenset({torch.quint8, torch.qint8, torch.qint32, torch.quint4x2, torch.quint2x4})
-
-
-def _quantized(func, args, kwargs):
-    raise NotImplementedError(f"{op_name(func)}: quantized tensors are not supported on {DEVICE_TYPE} "
-                              "(quantize on the host, or keep the model in floating point on the device)")
-
-
-def _quantizing_ops():
-    for name in ("quantize_per_tensor", "quantize_per_channel", "quantize_per_tensor_dynamic",
-                 "_make_per_tensor_quantized_tensor", "_make_per_channel_quantized_tensor",
-                 "_empty_affine_quantized", "_empty_per_channel_affine_quantized", "empty_quantized"):
-        packet = getattr(aten, name, None)
-        for overload in (packet.overloads() if packet is not None else ()):
-            yield getattr(packet, overload)
-
-
-_SPECIAL = {
-    aten._to_copy.default: _to_copy,
-    aten.copy_.default: _copy_,
-    aten.is_pinned.default: _is_pinned,
-    aten.set_.source_Storage: _unsupported,
-    aten.set_.source_Storage_storage_offset: _unsupported,
-    aten._pack_padded_sequence.default: _host_contract,
-}
-for _func in _quantizing_ops():
-    _SPECIAL[_func] = _quantized
-# composites that choose kernels by device type (reached here when autograd is skipped)
-for _func in device_choice.OPS:
-    _SPECIAL[_func] = device_choice.run
-for _func, _handler in _SPECIAL.items():
-    _oc = classify(_func)
-    _oc.special, _oc.plain = _handler, False
-del _func, _handler, _oc
-
-
-# --------------------------------------------------------------------------------------------
-# factories: PrivateUse1 kernels for ops that make a tensor from nothing on the device
-
-
-def capture_factory(func, args, kwargs):
-    """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
-    pin_memory, ...) are hashable constants, so they enter the signature as they are."""
-    oc = _classes.get(id(func)) or classify(func)
-    if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
-        _quantized(func, args, kwargs)
-    key = [oc]
-    nargs = tuple(_walk(args, key, func))
-    key.append(tuple(kwargs.items()))
-    key = tuple(key)
-    inf = _cache.get(key)
-    if inf is None:
-        device = kwargs.get("device")
-        index = None if device is None else torch.device(device).index
-        if index is not None and index != 0:
-            inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
-            _cache[key] = inf
-    if inf is None or inf is _DEFAULT_DTYPE:
-        inf = _lookup(key, func, oc, args, kwargs)
-    if inf is _FALLBACK or inf is _DATA_DEPENDENT:
-        raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
-                                  "(sparse layouts are not supported there)")
-    if inf.error is not None:
-        raise op_error(func, inf.error)
-    oc.captured += 1
-    nkw = dict(kwargs)
-    if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
-        return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
-    return _build(func, oc, inf, args, kwargs, nargs, nkw)

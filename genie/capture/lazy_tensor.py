@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import device_choice, dispatch, fastpath, module_conversion
+from . import device_choice, dispatch, fastpath, module_conversion, special_ops
 
 
 class LazyTensor(torch.Tensor):
@@ -68,6 +68,7 @@ def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False):
 
 dispatch.LazyTensor = device_choice.LazyTensor = LazyTensor
 fastpath.install(LazyTensor)
+special_ops.install()
 module_conversion.install()
 # torch.load's default weights_only unpickler accepts only allow-listed globals
 torch.serialization.add_safe_globals([_rebuild])

@@ -1,0 +1,45 @@
+"""PrivateUse1 kernels for factories: ops that make a tensor from nothing on the device
+(``torch.randn(..., device="remote_accelerator")`` is captured as ``aten::randn``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph.node import Node, TensorSpec, op_name
+from .dispatch import (_DATA_DEPENDENT, _DEFAULT_DTYPE, _FALLBACK, DEVICE_TYPE, _build, _cache, _lookup, _walk,
+                       new_lazy, op_error)
+from .meta import Inferred
+from .schema import _classes, classify
+from .special_ops import _QUANTIZED_DTYPES, _quantized
+
+
+
+def capture_factory(func, args, kwargs):
+    """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
+    pin_memory, ...) are hashable constants, so they enter the signature as they are."""
+    oc = _classes.get(id(func)) or classify(func)
+    if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
+        _quantized(func, args, kwargs)
+    key = [oc]
+    nargs = tuple(_walk(args, key, func))
+    key.append(tuple(kwargs.items()))
+    key = tuple(key)
+    inf = _cache.get(key)
+    if inf is None:
+        device = kwargs.get("device")
+        index = None if device is None else torch.device(device).index
+        if index is not None and index != 0:
+            inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
+            _cache[key] = inf
+    if inf is None or inf is _DEFAULT_DTYPE:
+        inf = _lookup(key, func, oc, args, kwargs)
+    if inf is _FALLBACK or inf is _DATA_DEPENDENT:
+        raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
+                                  "(sparse layouts are not supported there)")
+    if inf.error is not None:
+        raise op_error(func, inf.error)
+    oc.captured += 1
+    nkw = dict(kwargs)
+    if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
+        return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
+    return _build(func, oc, inf, args, kwargs, nargs, nkw)
