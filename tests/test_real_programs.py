@@ -315,3 +315,15 @@ def test_attention_in_a_decode_loop_with_a_growing_cache_traces_once():
         if length == 3:
             traced = device_choice.trace_count()
     assert device_choice.trace_count() == traced  # lengths 4..7 reused the program traced for 3
+
+
+def test_moving_back_to_the_host_keeps_sharing():
+    m = Tied().to(DEVICE).cpu()
+    _assert_tied(m)
+    assert type(m.head.weight.data) is torch.Tensor
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        m = Tied().to(DEVICE).cpu()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    _assert_tied(m)

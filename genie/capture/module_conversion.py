@@ -9,8 +9,8 @@ weight becomes two leaves whose gradients are never summed. The swap path
 (``torch.__future__.set_swap_module_params_on_conversion``) cannot apply either: it needs the
 two Python objects to have one layout, and LazyTensor has slots a CPU Parameter lacks.
 
-``Module._apply`` is wrapped once, at import. When a conversion produces LazyTensors, the
-wrapper (1) converts each distinct tensor once (so a tied embedding is uploaded once), (2) takes
+``Module._apply`` is wrapped once, at import. When a conversion produces or consumes LazyTensors
+(``.to(device)``, ``.double()`` on the device, ``.cpu()`` back), the wrapper (1) converts each distinct tensor once (so a tied embedding is uploaded once), (2) takes
 the Parameter path for it, and (3) after the conversion, points every occurrence of a formerly
 shared tensor (parameter, buffer, or a parameter's gradient) at one result. Conversions that make
 no LazyTensor run exactly as PyTorch wrote them.
@@ -41,23 +41,24 @@ def _apply(self, fn, recurse=True):
     from . import dispatch
 
     memo: dict = {}  # id(original) -> (original, converted); the original is held so ids stay unique
-    made_lazy = []
+    touched_device = []
 
     def convert(t):
         hit = memo.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
         out = fn(t)
-        if isinstance(out, dispatch.LazyTensor):  # only device results are shared: eager's own stay as they are
+        # conversions onto, on, or off the device are shared; host-to-host ones stay as eager makes them
+        if isinstance(out, dispatch.LazyTensor) or isinstance(t, dispatch.LazyTensor):
             memo[id(t)] = (t, out)
-            made_lazy.append(True)
+            touched_device.append(True)
         return out
 
     before = list(_slots(self))
     _state.active = True
     swap = torch.__future__.get_swap_module_params_on_conversion()
     try:
-        if swap and _converts_to_lazy(before, convert):
+        if swap and _touches_device(before, convert):
             torch.__future__.set_swap_module_params_on_conversion(False)
         try:
             _original_apply(self, convert, recurse)
@@ -65,16 +66,16 @@ def _apply(self, fn, recurse=True):
             torch.__future__.set_swap_module_params_on_conversion(swap)
     finally:
         _state.active = False
-    if made_lazy:
+    if touched_device:
         _retie(before)
     return self
 
 
-def _converts_to_lazy(slots, convert) -> bool:
+def _touches_device(slots, convert) -> bool:
     from . import dispatch
     for _, _, _, t in slots:
         with torch.no_grad():
-            return isinstance(convert(t), dispatch.LazyTensor)
+            return isinstance(t, dispatch.LazyTensor) or isinstance(convert(t), dispatch.LazyTensor)
     return False
 
 
