@@ -3,8 +3,8 @@
 Per zoo model: the forward outputs (every tensor, caches included), one training step (loss,
 every gradient, every parameter and buffer after AdamW) and, for generators, greedy and seeded
 sampled ``generate()`` token for token. Per module_db entry: every forward input, in eval and in
-train mode. Eager runs on the host; the same model, deep-copied and moved with ``.to()``, runs
-on remote_accelerator. Values must match within 1e-5 and come back as plain tensors. Known
+train mode. Eager runs on the execution device (``--genie-device``: cpu or cuda); the same model,
+deep-copied and moved with ``.to()``, runs on remote_accelerator. Values must match within 1e-5 and come back as plain tensors. Known
 failures are strict xfails in conformance/manifest.py, as for ops.
 """
 
@@ -70,26 +70,33 @@ def assert_same(actual, expected, what="output", host=()):
             f"{name}: {tuple(at.shape)} {at.dtype}, eager {tuple(et.shape)} {et.dtype}"
         value = at.detach().cpu()
         assert type(value) is torch.Tensor, f"{name}: materialized as {type(value).__name__}"
-        torch.testing.assert_close(value, et.detach(), rtol=RTOL, atol=ATOL, equal_nan=True,
+        torch.testing.assert_close(value, et.detach().cpu(), rtol=RTOL, atol=ATOL, equal_nan=True,
                                    msg=lambda m: f"{name}: {m}")
 
 
 def _to_remote(tree):
-    return pytree.tree_map(lambda x: x.to(REMOTE) if isinstance(x, torch.Tensor) and x.device.type == "cpu"
+    return pytree.tree_map(lambda x: x.to(REMOTE) if isinstance(x, torch.Tensor) and x.device.type != REMOTE
                            and not _is_host_argument(x) else x, tree)
+
+
+def _to_eager(tree, device):
+    return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) and not _is_host_argument(x)
+                           else x, tree)
 
 
 def _is_host_argument(t):
     return getattr(t, "_genie_host", False)
 
 
-def _build(case: ModelCase):
+def _build(case: ModelCase, device: str):
+    """The model and its inputs twice: eager on ``device`` (the execution device), and on the remote
+    device; both from one seeded construction on the host, so their weights are the same."""
     torch.manual_seed(SEED)
     model, inputs = case.build()
     if "lengths" in inputs:  # pack_padded_sequence takes its lengths on the host, as eager CUDA requires
         inputs["lengths"]._genie_host = True
     lazy = copy.deepcopy(model).to(REMOTE)
-    return model, lazy, inputs, _to_remote(inputs)
+    return model.to(device), lazy, _to_eager(inputs, device), _to_remote(inputs)
 
 
 def _loss(out):
@@ -145,10 +152,10 @@ def _check_generate(model, lazy, inputs, l_inputs, sampled):
 
 
 @pytest.mark.parametrize("case, check", list(_cases()))
-def test_model(case, check, record_property):
+def test_model(case, check, record_property, pytestconfig):
     record_property("genie_model", {"family": case.family, "model": case.name, "check": check, "dtype": "float32"})
     with _verdict(case.name, check, record_property):
-        model, lazy, inputs, l_inputs = _build(case)
+        model, lazy, inputs, l_inputs = _build(case, _device(pytestconfig))
         if check == "forward":
             _check_forward(case, model, lazy, inputs, l_inputs)
         elif check == "train_step":
@@ -172,6 +179,13 @@ def _verdict(model: str, check: str, record_property):
         pytest.fail(f"[XPASS(strict)] {model}-{check} passes now: remove its manifest entry ({reason})")
 
 
+def _device(pytestconfig) -> str:
+    device = pytestconfig.getoption("--genie-device")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("device 'cuda': CUDA is not available on this machine")
+    return device
+
+
 # -- PyTorch's module database ----------------------------------------------------------------
 
 
@@ -185,14 +199,15 @@ def _module_cases():
 
 
 @pytest.mark.parametrize("info, training", list(_module_cases()))
-def test_module_db(info, training, record_property):
+def test_module_db(info, training, record_property, pytestconfig):
     mode = "train" if training else "eval"
     record_property("genie_model", {"family": "module_db", "model": info.formatted_name, "check": f"forward-{mode}",
                                     "dtype": "float32"})
     ran = 0
     with _verdict(info.formatted_name, f"forward-{mode}", record_property):
         torch.manual_seed(SEED)
-        inputs = info.module_inputs_func(info, device="cpu", dtype=torch.float32, requires_grad=False,
+        device = _device(pytestconfig)
+        inputs = info.module_inputs_func(info, device=device, dtype=torch.float32, requires_grad=False,
                                          training=training)
         for i, inp in enumerate(inputs):
             if inp.forward_input is None:
@@ -202,6 +217,7 @@ def test_module_db(info, training, record_property):
             module = info.module_cls(*c_args, **c_kwargs)
             module.train(training)
             lazy = copy.deepcopy(module).to(REMOTE)
+            module.to(device)
             f_args, f_kwargs = inp.forward_input.args, inp.forward_input.kwargs
             torch.manual_seed(SEED + i)
             try:
