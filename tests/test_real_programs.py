@@ -327,3 +327,36 @@ def test_moving_back_to_the_host_keeps_sharing():
     finally:
         torch.__future__.set_swap_module_params_on_conversion(False)
     _assert_tied(m)
+
+
+def test_default_dtype_of_the_call_holds_at_execution():
+    a = torch.ones(4, dtype=torch.int64, device=DEVICE)
+    torch.set_default_dtype(torch.float64)
+    try:
+        r, z, ar = a / a, torch.ones(3, device=DEVICE), torch.arange(0.5, 3, device=DEVICE)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert (host(r).dtype, host(z).dtype, host(ar).dtype) == (torch.float64,) * 3
+    assert host(ar).tolist() == [0.5, 1.5, 2.5]
+
+
+def test_prims_signbit_dtype_is_the_kernels():
+    x = torch.tensor([-1.0, 2.0])
+    _same(torch.ops.prims.signbit(x.to(DEVICE)), torch.ops.prims.signbit(x))
+
+
+def test_inplace_variants_of_pointwise_ops_check_at_the_call():
+    with pytest.raises(RuntimeError, match="heaviside is not yet implemented for tensors with different dtypes"):
+        torch.ones(3, device=DEVICE).heaviside_(torch.ones(3, dtype=torch.int64, device=DEVICE))
+
+
+def test_out_on_another_device_is_refused_for_data_dependent_ops():
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.nonzero(torch.ones(3, device=DEVICE), out=torch.empty([], dtype=torch.long))
+
+
+def test_value_errors_at_execution_keep_eagers_exception_type():
+    a = torch.zeros(5, device=DEVICE)
+    a[torch.tensor([1, 10], device=DEVICE)] = 0
+    with pytest.raises(IndexError, match="aten::index_put_.*index 10 is out of bounds"):
+        host(a)

@@ -373,6 +373,9 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if inf.error is not None:
         raise op_error(func, inf.error)
     oc.captured += 1
+    if _cache.get(key) is _DEFAULT_DTYPE:
+        # the kernel reads the default dtype when it runs: it runs under the one captured here
+        return _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=torch.get_default_dtype())
     if oc.plain:
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
@@ -478,7 +481,7 @@ def _flatten(specs):
     return flat
 
 
-def _build(func, oc, inf, args, kwargs, nargs, nkw):
+def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     """The general case: several outputs, views, writes, random ops."""
     targets = []  # (LazyTensor, spec) written by the op, in flattened output order
     for (where, is_list), new in zip(oc.mutated, inf.mutated):
@@ -500,6 +503,8 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw):
             node.annotate("reads_written", reads)
     if oc.grad_mode:
         node.annotate("grad_enabled", torch.is_grad_enabled())
+    if default_dtype is not None:
+        node.annotate("default_dtype", default_dtype)
     if oc.random:
         chain.link(node)
     if single:
@@ -625,6 +630,8 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
         reals = real if is_list else [real]
         clones = []
         for lz, rv in zip(items, reals):
+            if isinstance(lz, torch.Tensor) and not isinstance(lz, LazyTensor):
+                raise _device_error(func, lz.device)  # an out= tensor on another device, as eager refuses it
             if isinstance(lz, LazyTensor):
                 c = _clone_exact(rv)
                 written.append((lz, c))

@@ -40,6 +40,8 @@ def capture_factory(func, args, kwargs):
         raise op_error(func, inf.error)
     oc.captured += 1
     nkw = dict(kwargs)
+    if _cache.get(key) is _DEFAULT_DTYPE:
+        nkw["dtype"] = torch.get_default_dtype()  # the dtype the default gave at capture, not at execution
     if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
         return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
     return _build(func, oc, inf, args, kwargs, nargs, nkw)

@@ -28,7 +28,8 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
     "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
     "aten::mkldnn_rnn_layer",
-    "aten::multilabel_margin_loss_forward",  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
+    "aten::multilabel_margin_loss_forward",
+    "prims::signbit",  # meta: the input's dtype; the kernel: bool  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
     "aten::addbmm_",  # eager resizes a broadcastable self ([1] -> [n, m]); the meta kernel rejects it
 })
 
@@ -156,11 +157,23 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
 # the call, so capture must too. For small inputs on CPU execution the CPU kernel runs once per
 # signature on stand-ins filled with zeros and again with ones; an error both raise does not come
 # from values, and it is eager's. Random ops are left out (they would draw from the host generator).
-KERNEL_CHECK_MAX_BYTES = 1 << 16
+KERNEL_CHECK_MAX_BYTES = 1 << 20
+
+
+def _pointwise(func) -> bool:
+    """Pointwise by aten tag, or the in-place variant of a pointwise op (``heaviside_`` is untagged)."""
+    if torch.Tag.pointwise in func.tags:
+        return True
+    name = func._schema.name
+    if name.endswith("_") and name.startswith("aten::"):
+        packet = getattr(torch.ops.aten, name[len("aten::"):-1], None)
+        functional = getattr(packet, func._overloadname, None) if packet is not None else None
+        return functional is not None and torch.Tag.pointwise in functional.tags
+    return False
 
 
 def _kernel_checks_more(func, opclass, args, kwargs, lazy_cls) -> bool:
-    if opclass.random or torch.Tag.pointwise not in func.tags or not _execution_is_cpu():
+    if opclass.random or not _pointwise(func) or not _execution_is_cpu():
         return False
     total = 0
     stack = [args, tuple(kwargs.values())]

@@ -8,6 +8,8 @@ from what the meta kernel promised is re-laid-out here, never passed on.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..capture._tls import eager_kernels
@@ -51,6 +53,8 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
 
 
 _NO_ANNOTATIONS: dict = {}
+_NULL = contextlib.nullcontext()
+_EAGER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError, ZeroDivisionError)
 
 
 def _histc_integer(x, bins=100, min=0, max=0):
@@ -98,13 +102,18 @@ class LocalExecutor(Executor):
                 out = self._run_random(node, op, args, kwargs)
             elif op in self._supplements and self._supplements[op][0](*args, **kwargs):
                 out = self._supplements[op][1](*args, **kwargs)
-            elif oc.grad_mode:
-                with torch.set_grad_enabled((node.annotations or _NO_ANNOTATIONS).get("grad_enabled", False)):
-                    out = op(*args, **kwargs)
+            elif node.annotations is not None:
+                out = self._run_annotated(node, oc, op, args, kwargs)
             else:
                 out = op(*args, **kwargs)
         except Exception as e:
-            raise RuntimeError(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}") from e
+            # the kernel's own exception type, as eager raises it, with the op and node named
+            cls = type(e) if isinstance(e, _EAGER_ERRORS) else RuntimeError
+            try:
+                err = cls(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}")
+            except Exception:
+                err = RuntimeError(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}")
+            raise err from e
         if oc.writes:
             flat = written + _flatten_returns(out, oc, keep_alias=False)
         else:
@@ -113,6 +122,20 @@ class LocalExecutor(Executor):
         if spec.__class__ is TensorSpec:
             return self._conform(node, flat[0], spec)
         return tuple(self._conform(node, v, s) for v, s in zip(flat, spec))
+
+    def _run_annotated(self, node, oc, op, args, kwargs):
+        """Kernels that read thread state at run time get the state of the call they stand for."""
+        ann = node.annotations
+        default_dtype = ann.get("default_dtype")
+        saved = torch.get_default_dtype()
+        if default_dtype is not None:
+            torch.set_default_dtype(default_dtype)
+        try:
+            with torch.set_grad_enabled(ann.get("grad_enabled", False)) if oc.grad_mode else _NULL:
+                return op(*args, **kwargs)
+        finally:
+            if default_dtype is not None:
+                torch.set_default_dtype(saved)
 
     def _run_random(self, node, op, args, kwargs):
         prev = node.rng
