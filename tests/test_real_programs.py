@@ -360,3 +360,10 @@ def test_value_errors_at_execution_keep_eagers_exception_type():
     a[torch.tensor([1, 10], device=DEVICE)] = 0
     with pytest.raises(IndexError, match="aten::index_put_.*index 10 is out of bounds"):
         host(a)
+
+
+def test_indexed_writes_check_index_shapes_and_values_at_the_call():
+    with pytest.raises(RuntimeError, match="Converting complex Scalar to non-complex type is not supported"):
+        torch.ones(2, 2, device=DEVICE).index_fill_(1, torch.tensor([0], device=DEVICE), 1 + 1j)
+    with pytest.raises(IndexError, match="indexing tensors could not be broadcast together"):
+        torch.zeros(5, 5, device=DEVICE)[[0, 1], [0, 1, 2]] = 0

@@ -172,8 +172,16 @@ def _pointwise(func) -> bool:
     return False
 
 
+# Indexed writes check index shapes and value types in the kernel too (``index_fill_`` with a
+# complex value, index lists that do not broadcast); their zero and one stand-ins are both valid
+# indices only where the real ones may be, so an error both raise is not about the index values.
+INDEXED_WRITES = frozenset({"aten::index_fill_", "aten::index_fill", "aten::index_put_", "aten::index_put",
+                            "aten::_index_put_impl_", "aten::index_copy_", "aten::index_copy", "aten::index_add_",
+                            "aten::index_add"})
+
+
 def _kernel_checks_more(func, opclass, args, kwargs, lazy_cls) -> bool:
-    if opclass.random or not _pointwise(func) or not _execution_is_cpu():
+    if opclass.random or not (_pointwise(func) or func._schema.name in INDEXED_WRITES) or not _execution_is_cpu():
         return False
     total = 0
     stack = [args, tuple(kwargs.values())]
