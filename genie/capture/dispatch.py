@@ -365,7 +365,7 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if oc.grad_mode:
         key.append(torch.is_grad_enabled())
     key = tuple(key)
-    inf = _lookup(key, func, oc, args, kwargs)
+    inf, default_dtype = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK:
         return run_eagerly(func, oc, args, kwargs, fallback=True)
     if inf is _DATA_DEPENDENT:
@@ -373,9 +373,9 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
     if inf.error is not None:
         raise op_error(func, inf.error)
     oc.captured += 1
-    if _cache.get(key) is _DEFAULT_DTYPE:
+    if default_dtype is not None:
         # the kernel reads the default dtype when it runs: it runs under the one captured here
-        return _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=torch.get_default_dtype())
+        return _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=default_dtype)
     if oc.plain:
         outs = inf.outs
         if len(outs) == 1 and outs[0].__class__ is TensorSpec:
@@ -409,15 +409,19 @@ def _alias_signature(args, kwargs) -> tuple:
 
 
 def _lookup(key, func, oc, args, kwargs):
+    """The cached answer for ``key`` (inferred on a miss), and the default dtype it is keyed on
+    when its outputs follow the default dtype (else None)."""
     inf = _cache.get(key)
     if inf is None:
         inf = _infer(key, func, oc, args, kwargs)
-    if inf is _DEFAULT_DTYPE:
-        dkey = key + (torch.get_default_dtype(),)
-        inf = _cache.get(dkey)
-        if inf is None:
-            inf = _infer(dkey, func, oc, args, kwargs, by_default_dtype=False)
-    return inf
+    if inf is not _DEFAULT_DTYPE:
+        return inf, None
+    default_dtype = torch.get_default_dtype()
+    dkey = key + (default_dtype,)
+    inf = _cache.get(dkey)
+    if inf is None:
+        inf = _infer(dkey, func, oc, args, kwargs, by_default_dtype=False)
+    return inf, default_dtype
 
 
 def _infer(key, func, oc, args, kwargs, by_default_dtype=True):
@@ -434,8 +438,8 @@ def _infer(key, func, oc, args, kwargs, by_default_dtype=True):
             # an int tensor divided, a factory without dtype: the signature includes the default dtype
             _cache[key] = _DEFAULT_DTYPE
             _cache[key + (torch.get_default_dtype(),)] = inf
-        else:
-            _cache[key] = inf
+            return _DEFAULT_DTYPE  # what the cache now answers for key (see _lookup)
+        _cache[key] = inf
     return inf
 
 
@@ -458,11 +462,14 @@ def _follows_default_dtype(inf, args, kwargs) -> bool:
     return True
 
 
-def op_error(func, e: BaseException) -> BaseException:
-    """Re-raise what eager would raise, with the op's name in front."""
-    msg = f"{op_name(func)}: {e}"
-    cls = type(e) if isinstance(e, (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)) \
-        else RuntimeError
+# exception types eager's kernels raise, kept when genie re-raises them with the op's name
+EAGER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError, ZeroDivisionError)
+
+
+def op_error(func, e: BaseException, prefix: str | None = None) -> BaseException:
+    """Re-raise what eager would raise, with the op's name (or ``prefix``) in front."""
+    msg = f"{prefix or op_name(func)}: {e}"
+    cls = type(e) if isinstance(e, EAGER_ERRORS) else RuntimeError
     try:
         err = cls(msg)
     except Exception:

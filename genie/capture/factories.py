@@ -13,7 +13,6 @@ from .schema import _classes, classify
 from .special_ops import _QUANTIZED_DTYPES, _quantized
 
 
-
 def capture_factory(func, args, kwargs):
     """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
     pin_memory, ...) are hashable constants, so they enter the signature as they are."""
@@ -31,8 +30,9 @@ def capture_factory(func, args, kwargs):
         if index is not None and index != 0:
             inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
             _cache[key] = inf
+    default_dtype = None
     if inf is None or inf is _DEFAULT_DTYPE:
-        inf = _lookup(key, func, oc, args, kwargs)
+        inf, default_dtype = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK or inf is _DATA_DEPENDENT:
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
                                   "(sparse layouts are not supported there)")
@@ -40,8 +40,8 @@ def capture_factory(func, args, kwargs):
         raise op_error(func, inf.error)
     oc.captured += 1
     nkw = dict(kwargs)
-    if _cache.get(key) is _DEFAULT_DTYPE:
-        nkw["dtype"] = torch.get_default_dtype()  # the dtype the default gave at capture, not at execution
+    if default_dtype is not None:
+        nkw["dtype"] = default_dtype  # the dtype the default gave at capture, not at execution
     if oc.plain and len(inf.outs) == 1 and inf.outs[0].__class__ is TensorSpec:
         return new_lazy(inf.outs[0], Node(func, nargs, nkw, inf.outs[0]))
     return _build(func, oc, inf, args, kwargs, nargs, nkw)

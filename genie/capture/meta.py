@@ -27,9 +27,9 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
     "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
-    "aten::mkldnn_rnn_layer",
-    "aten::multilabel_margin_loss_forward",
-    "prims::signbit",  # meta: the input's dtype; the kernel: bool  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
+    "aten::mkldnn_rnn_layer",  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
+    "aten::multilabel_margin_loss_forward",  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()
+    "prims::signbit",  # meta: the input's dtype; the kernel: bool
     "aten::addbmm_",  # eager resizes a broadcastable self ([1] -> [n, m]); the meta kernel rejects it
 })
 

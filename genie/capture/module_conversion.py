@@ -10,10 +10,11 @@ weight becomes two leaves whose gradients are never summed. The swap path
 two Python objects to have one layout, and LazyTensor has slots a CPU Parameter lacks.
 
 ``Module._apply`` is wrapped once, at import. When a conversion produces or consumes LazyTensors
-(``.to(device)``, ``.double()`` on the device, ``.cpu()`` back), the wrapper (1) converts each distinct tensor once (so a tied embedding is uploaded once), (2) takes
-the Parameter path for it, and (3) after the conversion, points every occurrence of a formerly
-shared tensor (parameter, buffer, or a parameter's gradient) at one result. Conversions that make
-no LazyTensor run exactly as PyTorch wrote them.
+(``.to(device)``, ``.double()`` on the device, ``.cpu()`` back), the wrapper (1) converts each
+distinct tensor once (so a tied embedding is uploaded once), (2) takes the Parameter path for it,
+and (3) after the conversion, points every occurrence of a formerly shared tensor (parameter,
+buffer, or a parameter's gradient) at one result. Conversions that touch no LazyTensor run
+exactly as PyTorch wrote them.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class OpClass:
 # executed under it; execution otherwise runs with grad off.
 GRAD_MODE_KERNELS = frozenset({"aten::mkldnn_rnn_layer"})
 
+
 def _execution_has_kernel(func) -> bool:
     from .device_choice import execution_has_kernel
     return execution_has_kernel(func)

@@ -17,7 +17,6 @@ from .schema import classify
 aten = torch.ops.aten
 
 
-
 def _to_copy(func, args, kwargs):
     device = kwargs.get("device")
     if device is None or torch.device(device).type == DEVICE_TYPE:

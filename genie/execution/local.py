@@ -13,6 +13,7 @@ import contextlib
 import torch
 
 from ..capture._tls import eager_kernels
+from ..capture.dispatch import op_error
 from ..capture.rng import _seed_state
 from ..capture.schema import classify, get_arg
 from ..graph.node import Node, TensorSpec, getitem, op_name
@@ -54,7 +55,6 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
 
 _NO_ANNOTATIONS: dict = {}
 _NULL = contextlib.nullcontext()
-_EAGER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError, ZeroDivisionError)
 
 
 def _histc_integer(x, bins=100, min=0, max=0):
@@ -108,12 +108,7 @@ class LocalExecutor(Executor):
                 out = op(*args, **kwargs)
         except Exception as e:
             # the kernel's own exception type, as eager raises it, with the op and node named
-            cls = type(e) if isinstance(e, _EAGER_ERRORS) else RuntimeError
-            try:
-                err = cls(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}")
-            except Exception:
-                err = RuntimeError(f"genie: executing {op_name(op)} (node %{node.id}) failed: {e}")
-            raise err from e
+            raise op_error(op, e, f"genie: executing {op_name(op)} (node %{node.id}) failed") from e
         if oc.writes:
             flat = written + _flatten_returns(out, oc, keep_alias=False)
         else:
