@@ -66,18 +66,23 @@ def test_other_device_index_is_rejected():
         torch.ones(2, device="remote_accelerator:1")
 
 
-def test_execution_errors_name_the_op(monkeypatch):
-    from genie.execution import local
-    lx = torch.ones(3, device=DEVICE) * 2
+_lib = torch.library.Library("genie_test", "DEF")
+_lib.define("explode(Tensor x) -> Tensor")
+_lib.impl("explode", lambda x: (_ for _ in ()).throw(ValueError("kernel exploded")), "CPU")
 
-    def boom(*a, **k):
-        raise RuntimeError("kernel exploded")
 
-    node = lx.genie_node
-    monkeypatch.setattr(node, "target", torch.ops.aten.mul.Tensor)
-    monkeypatch.setattr(local.LocalExecutor, "_resolve", lambda self, args: boom())
-    with pytest.raises(RuntimeError, match="kernel exploded"):
-        host(lx)
+@pytest.mark.parametrize("run", ["first (interpreted)", "second (compiled, checked)", "third (compiled, fast)"])
+def test_execution_errors_name_the_op(run):
+    # the same structure materialized once, twice or three times: every execution path names the
+    # op and the node, and keeps the kernel's exception type
+    for attempt in range(["first (interpreted)", "second (compiled, checked)", "third (compiled, fast)"].index(run) + 1):
+        lx = torch.ones(3, device=DEVICE) * 2
+        node = lx.genie_node
+        node.target = torch.ops.genie_test.explode.default
+        node.args = node.args[:1]
+        with pytest.raises(ValueError, match=r"genie_test::explode \(node %\d+\) failed: kernel exploded"):
+            host(lx)
+        assert lx.genie_node.value is None  # nothing stale left behind
 
 
 def test_execution_device_validation(monkeypatch):

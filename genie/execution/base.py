@@ -11,16 +11,29 @@ import torch
 
 from ..graph.node import Node
 
+# An executor that sets ``replays = True`` gets plans with a fingerprint (``Plan.key``).
+
 
 class Executor(abc.ABC):
     device: torch.device
+    replays = False
 
     @abc.abstractmethod
     def run_node(self, node: Node):
         """Compute ``node``'s value from its inputs' values (all present) and return it."""
 
     def execute(self, plan) -> None:
-        """Run every node of ``plan`` in order; ``plan.executed`` releases what is no longer needed."""
-        for i, node in enumerate(plan.nodes):
+        self.interpret(plan)
+
+    def interpret(self, plan) -> None:
+        """Run every node of ``plan`` in order, dropping each value that is not kept as soon as its
+        last consumer in the plan has run."""
+        nodes, kept = plan.nodes, plan.kept
+        drops: dict[int, list] = {}
+        for j, i in enumerate(plan.last_use):
+            if i >= 0 and not kept[j]:
+                drops.setdefault(i, []).append(j)
+        for i, node in enumerate(nodes):
             node.value = self.run_node(node)
-            plan.executed(i)
+            for j in drops.get(i, ()):
+                nodes[j].value = None

@@ -18,6 +18,7 @@ from ..capture.rng import _seed_state
 from ..capture.schema import classify, get_arg
 from ..graph.node import Node, TensorSpec, getitem, op_name
 from .base import Executor
+from .replay import ProgramCache, replay_enabled
 
 
 def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
@@ -77,23 +78,37 @@ class LocalExecutor(Executor):
         self._generator = torch.cuda.default_generators[self.device.index] if self.device.type == "cuda" \
             else torch.default_generator
         self._supplements = _CPU_SUPPLEMENTS if self.device.type == "cpu" else {}
+        self.replays = replay_enabled()
+        self.programs = ProgramCache()
 
     def execute(self, plan) -> None:
         with eager_kernels():
-            super().execute(plan)
+            key = plan.key
+            if key is not None:
+                program = self.programs.get(key, self._supplements)
+                if program is not None:
+                    program.run(plan, self)
+                    return
+            self.interpret(plan)
 
     def run_node(self, node: Node):
         op = node.target
         if op is getitem:
             parent, index = node.args
             return parent.value[index]
+        args = self._resolve(node.args)
+        kwargs = {k: self._resolve1(v) for k, v in node.kwargs.items()} if node.kwargs else {}
+        return self.call(node, args, kwargs)
+
+    def call(self, node: Node, args, kwargs):
+        """Run ``node`` on its arguments' values (resolved to this device) and return its value,
+        laid out as its spec says. Errors name the op and the node, with eager's exception type."""
+        op = node.target
         if op is _seed_state:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(node.args[0])
             node.rng = gen.get_state()
             return True
-        args = self._resolve(node.args)
-        kwargs = {k: self._resolve1(v) for k, v in node.kwargs.items()} if node.kwargs else {}
         oc = classify(op)
         if oc.writes:
             args, kwargs, written = self._prepare_writes(node, oc, args, kwargs)
@@ -108,7 +123,9 @@ class LocalExecutor(Executor):
                 out = op(*args, **kwargs)
         except Exception as e:
             # the kernel's own exception type, as eager raises it, with the op and node named
-            raise op_error(op, e, f"genie: executing {op_name(op)} (node %{node.id}) failed") from e
+            err = op_error(op, e, f"genie: executing {op_name(op)} (node %{node.id}) failed")
+            err._genie_formatted = True
+            raise err from e
         if oc.writes:
             flat = written + _flatten_returns(out, oc, keep_alias=False)
         else:
@@ -117,6 +134,13 @@ class LocalExecutor(Executor):
         if spec.__class__ is TensorSpec:
             return self._conform(node, flat[0], spec)
         return tuple(self._conform(node, v, s) for v, s in zip(flat, spec))
+
+    def conform(self, node: Node, out):
+        """A kernel call's output laid out as ``node``'s spec says (for compiled programs)."""
+        spec = node.spec
+        if spec.__class__ is TensorSpec:
+            return self._conform(node, out, spec)
+        return tuple(self._conform(node, v, s) for v, s in zip(out, spec))
 
     def _run_annotated(self, node, oc, op, args, kwargs):
         """Kernels that read thread state at run time get the state of the call they stand for."""

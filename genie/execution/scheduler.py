@@ -6,6 +6,10 @@ their node (a live LazyTensor, a storage root, a node captured later) and droppe
 soon as their last consumer in the run has executed. Kept nodes are collapsed: their inputs are
 released, so the graph behind a materialized value is freed.
 
+A plan also carries its *fingerprint* (``Plan.key``, see execution/replay.py): the structure of
+the run without its sizes and numbers, on which compiled programs are cached, and the inputs
+(materialized values, numbers, size lists) such a program takes, in the order it takes them.
+
 A dropped node keeps its inputs, so if the reference count ever under-reports (an interpreter
 that borrows references) the cost is a recomputation, never a wrong or missing value.
 """
@@ -16,12 +20,16 @@ import os
 import sys
 import threading
 
-from ..graph.node import _EMPTY, Node, iter_inputs
+import torch
+
+from ..graph.node import _EMPTY, Node
 
 _lock = threading.RLock()
 _executor = None
 # How long a materialization waits for another thread's run to finish before it gives up.
 LOCK_TIMEOUT_S = float(os.environ.get("GENIE_MATERIALIZE_TIMEOUT_S", "600"))
+# Plans larger than this are interpreted, never compiled (a 1e6-op chain is read once).
+MAX_COMPILED_NODES = int(os.environ.get("GENIE_REPLAY_MAX_NODES", "20000"))
 
 
 def get_executor():
@@ -44,77 +52,250 @@ def reset_executor() -> None:
     _executor = None
 
 
+# Markers of the fingerprint (see execution/replay.py for how a program reads them back).
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __reduce__(self):
+        return (_marker, (self.name,))
+
+
+EXT = _Marker("EXT")  # a materialized node outside the plan: its value is an input
+INTS = _Marker("INTS")  # a list of ints (sizes, dims): one input
+END = _Marker("END")  # end of a node's record
+ANN = _Marker("ANN")  # the node carries annotations (read from the node when it runs)
+KW = _Marker("KW")  # (KW, name): the next item is keyword argument ``name``
+LIST = _Marker("LIST")  # (LIST, *items): a list holding nodes or baked atoms
+_MARKERS = {m.name: m for m in (EXT, INTS, END, ANN, KW, LIST)}
+
+
+def _marker(name):
+    return _MARKERS[name]
+
+
+_NUMBERS = (int, float)
+
+
 class Plan:
-    __slots__ = ("nodes", "target", "deps", "remaining", "occ")
+    """The nodes to run for ``target`` (topological order), what to keep, and the fingerprint.
 
-    def __init__(self, target: Node):
+    ``kept[i]``: node i's value is stored on the node (something outside the run refers to it).
+    ``key``: the fingerprint, or None for plans too large to compile. ``inputs``: the values the
+    fingerprint's input slots stand for. ``specs``: every spec the run produces or reads, which
+    decides whether a compiled program may skip its layout checks (see replay.Program)."""
+
+    __slots__ = ("nodes", "target", "key", "inputs", "specs", "kept", "last_use")
+
+    def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
-        index: dict[int, Node] = {id(target): target}
-        stack = [target]
-        while stack:
-            node = stack.pop()
-            for dep in iter_inputs(node):
-                if dep.value is None and id(dep) not in index:
-                    index[id(dep)] = dep
-                    stack.append(dep)
-        nodes = sorted(index.values(), key=_node_id)
-        del index, stack
-        pos = {id(n): i for i, n in enumerate(nodes)}
-        occ = [0] * len(nodes)
-        remaining = [0] * len(nodes)
-        deps = []
-        for n in nodes:
-            counts: dict[int, int] = {}
-            _count_refs(n, pos, counts)
-            deps.append(tuple(counts))
-            for j, c in counts.items():
-                occ[j] += c
-                remaining[j] += 1
+        nodes = _collect(target)
+        n = len(nodes)
         self.nodes = nodes
-        self.deps = deps
-        self.remaining = remaining
-        self.occ = occ
-
-    def executed(self, i: int) -> None:
-        remaining = self.remaining
-        for j in self.deps[i]:
-            remaining[j] -= 1
-            if remaining[j] == 0:
-                self._release(j)
-
-    def _release(self, j: int) -> None:
-        nodes = self.nodes
-        if nodes[j] is self.target or nodes[j].rng is not None:
-            return
-        # references: getrefcount's argument, this list, and the plan's own nodes' arguments
-        if sys.getrefcount(nodes[j]) - 2 - self.occ[j] <= 0:
-            nodes[j].value = None
+        if fingerprint and n <= MAX_COMPILED_NODES:
+            occ, last = _encode(self, nodes)
+        else:
+            self.key = self.inputs = self.specs = None
+            occ, last = _count(nodes)
+        getref = sys.getrefcount
+        # references to a node: getrefcount's argument, the nodes list, and occ[i] arguments of the plan
+        kept = [getref(nodes[i]) - 2 > occ[i] or nodes[i].rng is not None for i in range(n)]
+        kept[-1] = True  # the target (largest id)
+        self.kept = kept
+        self.last_use = last
+        if self.key is not None:
+            self.key.append(tuple(i for i in range(n) if kept[i]))
+            self.key = tuple(self.key)
 
     def finish(self) -> None:
-        for n in self.nodes:
-            if n.value is not None:
-                n.args = ()
-                n.kwargs = _EMPTY
+        """Collapse the kept nodes: their values stay, their inputs are released."""
+        nodes = self.nodes
+        for i, k in enumerate(self.kept):
+            if k:
+                n = nodes[i]
+                if n.value is not None:
+                    n.args = ()
+                    n.kwargs = _EMPTY
         self.nodes = ()
+        self.inputs = None
 
 
 def _node_id(n: Node) -> int:
     return n.id
 
 
-def _count_refs(node: Node, pos: dict, counts: dict) -> None:
-    """Count, with multiplicity, the references ``node`` holds to nodes of the plan."""
-    stack = [node.args, tuple(node.kwargs.values()) if node.kwargs else ()]
-    if isinstance(node.rng, Node):
-        stack.append((node.rng,))
+def _collect(target: Node) -> list:
+    """The unexecuted ancestors of ``target`` (itself included), sorted by id: topological order."""
+    index: dict[int, Node] = {id(target): target}
+    stack = [target]
+    push = stack.append
     while stack:
-        for a in stack.pop():
-            if isinstance(a, Node):
+        node = stack.pop()
+        rng = node.rng
+        if rng.__class__ is Node and rng.value is None and id(rng) not in index:
+            index[id(rng)] = rng
+            push(rng)
+        seqs = [node.args]
+        if node.kwargs:
+            seqs.append(tuple(node.kwargs.values()))
+        while seqs:
+            for a in seqs.pop():
+                c = a.__class__
+                if c is Node:
+                    if a.value is None and id(a) not in index:
+                        index[id(a)] = a
+                        push(a)
+                elif c is tuple or c is list:
+                    seqs.append(a)
+    nodes = list(index.values())
+    del index
+    nodes.sort(key=_node_id)
+    return nodes
+
+
+def _count(nodes):
+    """Per node: how many arguments of the plan refer to it, and the index of its last consumer."""
+    pos = {id(n): i for i, n in enumerate(nodes)}
+    occ = [0] * len(nodes)
+    last = [-1] * len(nodes)
+    for i, n in enumerate(nodes):
+        seqs = [n.args]
+        if n.kwargs:
+            seqs.append(tuple(n.kwargs.values()))
+        rng = n.rng
+        if rng.__class__ is Node:
+            seqs.append((rng,))
+        while seqs:
+            for a in seqs.pop():
+                c = a.__class__
+                if c is Node:
+                    j = pos.get(id(a))
+                    if j is not None:
+                        occ[j] += 1
+                        last[j] = i
+                elif c is tuple or c is list:
+                    seqs.append(a)
+    return occ, last
+
+
+def _encode(plan, nodes):
+    """Fingerprint, inputs and specs of the plan in one pass; returns (occ, last) as ``_count``."""
+    pos = {id(n): i for i, n in enumerate(nodes)}
+    occ = [0] * len(nodes)
+    last = [-1] * len(nodes)
+    key = []
+    inputs = []
+    specs = []
+    k_add = key.append
+    i_add = inputs.append
+    s_add = specs.append
+
+    def seq(items, i):
+        """Encoding of a list argument holding nodes or atoms other than ints."""
+        out = [LIST]
+        for a in items:
+            c = a.__class__
+            if c is Node:
                 j = pos.get(id(a))
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
-            elif isinstance(a, (list, tuple)):
-                stack.append(a)
+                if j is None:
+                    out.append(EXT)
+                    i_add(a.value)
+                    s_add(a.spec)
+                else:
+                    out.append(j)
+                    occ[j] += 1
+                    last[j] = i
+            elif c is int or c is float:
+                out.append(c)
+                i_add(a)
+            elif c is tuple or c is list:
+                out.append(_list(a, i))
+            else:
+                out.append(_atom(a, c))
+        return tuple(out)
+
+    def _list(a, i):
+        for x in a:
+            if x.__class__ is not int:
+                return seq(a, i)
+        i_add(a)
+        return INTS
+
+    def _atom(a, c):
+        i_add(a)
+        if isinstance(a, _TENSOR):
+            s_add(_tensor_layout(a))
+            return _TENSOR
+        return (c, a)
+
+    for i, n in enumerate(nodes):
+        k_add(n.target)
+        s_add(n.spec)
+        for a in n.args:
+            c = a.__class__
+            if c is Node:
+                j = pos.get(id(a))
+                if j is None:
+                    k_add(EXT)
+                    i_add(a.value)
+                    s_add(a.spec)
+                else:
+                    k_add(j)
+                    occ[j] += 1
+                    last[j] = i
+            elif c is int or c is float:
+                k_add(c)
+                i_add(a)
+            elif c is tuple or c is list:
+                k_add(_list(a, i))
+            else:
+                k_add(_atom(a, c))
+        if n.kwargs:
+            for name, a in n.kwargs.items():
+                k_add((KW, name))
+                c = a.__class__
+                if c is Node:
+                    j = pos.get(id(a))
+                    if j is None:
+                        k_add(EXT)
+                        i_add(a.value)
+                        s_add(a.spec)
+                    else:
+                        k_add(j)
+                        occ[j] += 1
+                        last[j] = i
+                elif c is int or c is float:
+                    k_add(c)
+                    i_add(a)
+                elif c is tuple or c is list:
+                    k_add(_list(a, i))
+                else:
+                    k_add(_atom(a, c))
+        rng = n.rng
+        if rng.__class__ is Node:
+            j = pos.get(id(rng))
+            if j is not None:
+                occ[j] += 1
+                last[j] = i
+        if n.annotations is not None:
+            k_add(ANN)
+        k_add(END)
+    plan.key = key
+    plan.inputs = inputs
+    plan.specs = specs
+    return occ, last
+
+
+_TENSOR = torch.Tensor
+
+
+def _tensor_layout(t):
+    return (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
 
 
 def materialize(node: Node):
@@ -127,9 +308,10 @@ def materialize(node: Node):
                            f"(set GENIE_MATERIALIZE_TIMEOUT_S to wait longer); {node!r} was not computed")
     try:
         if node.value is None:
-            plan = Plan(node)
+            executor = get_executor()
+            plan = Plan(node, getattr(executor, "replays", False))
             try:
-                get_executor().execute(plan)
+                executor.execute(plan)
             finally:
                 plan.finish()
     finally:

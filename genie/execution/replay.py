@@ -1,0 +1,314 @@
+"""Compiled replay: each plan structure is compiled once into Python code and replayed.
+
+Most programs materialize the same structure again and again (every training step, every decode
+step, every request). A plan's fingerprint (``scheduler.Plan.key``) holds what decides the code
+that runs: each node's op overload, which earlier node or input each argument comes from, the
+argument structure, every atom that can change which kernel runs (dtypes, bools, strings, None,
+devices), the annotations marker, and which nodes are kept. It leaves out what only flows through
+the kernels: shapes, int and float arguments, size lists, the materialized inputs themselves.
+Those are the program's inputs, so a KV cache that grows by one position, or a new batch size,
+replays the same program.
+
+A ``Program`` is generated source, one line per node, in the manner of ``torch.fx``'s
+GraphModule code: ops are called straight from value slots, intermediates are deleted after their
+last use, and kept values are stored on their nodes as they are produced (so a failure midway
+leaves every node either executed or not). Nodes that need more than a kernel call (writes,
+random ops, annotations, supplements) go through the executor's ``call``.
+
+Layouts: the executor keeps every value laid out as its spec says, re-laying out a kernel's
+output when it differs from what the meta kernel promised. Kernel output layouts are a function
+of the input layouts and the op, so a program checks every output (``checked`` code) until a run
+with the same specs has been checked (``verified``); later runs with those specs use the code
+without checks. Spec objects are interned, so the test is one tuple hash.
+
+Programs are cached by fingerprint in a bounded LRU (``ProgramCache``); a fingerprint is compiled
+the second time it is seen (one-off plans are interpreted). ``genie.replay_stats()`` shows hits,
+misses, compiles and compile time. ``Program.fingerprint`` is a 16-byte digest of a canonical text
+of the key, computable anywhere the key is: a server can cache on it and check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+
+import torch
+
+from ..capture.schema import classify
+from ..graph.node import getitem, op_name
+from .scheduler import ANN, END, EXT, INTS, KW, LIST, _TENSOR
+
+_OpOverload = torch._ops.OpOverload
+_counter = iter(range(1 << 62))
+
+
+def _parse(key):
+    """Per node: (target, [(kwarg name or None, item)], annotated); and the kept indices."""
+    nodes = []
+    target = None
+    args: list = []
+    name = None
+    annotated = False
+    for item in key[:-1]:
+        if target is None:
+            target = item
+            args, name, annotated = [], None, False
+        elif item is END:
+            nodes.append((target, args, annotated))
+            target = None
+        elif item is ANN:
+            annotated = True
+        elif item.__class__ is tuple and item and item[0] is KW:
+            name = item[1]
+        else:
+            args.append((name, item))
+            name = None
+    return nodes, key[-1]
+
+
+class _Emitter:
+    """Turns argument items into source expressions, consuming input slots in plan order."""
+
+    def __init__(self):
+        self.slot = 0
+        self.resolve: list[int] = []  # slots holding devices or tensors: resolved to the execution device
+
+    def expr(self, item) -> str:
+        c = item.__class__
+        if c is int:
+            return f"v{item}"
+        if c is tuple and item and item[0] is LIST:
+            return "[" + ", ".join(self.expr(x) for x in item[1:]) + "]"
+        # EXT, int, float, INTS, a tensor constant, a baked atom: the next input slot
+        s = self.slot
+        self.slot += 1
+        if item is _TENSOR or (c is tuple and item[0] is torch.device):
+            self.resolve.append(s)
+        return f"I[{s}]"
+
+
+class Program:
+    """One compiled plan structure. ``code`` is the generated source (readable, as fx's is)."""
+
+    __slots__ = ("key", "code", "_checked", "_fast", "_filename", "_lines", "verified", "runs",
+                 "_fingerprint", "nodes", "_resolve")
+
+    def __init__(self, key, supplements=()):
+        self.key = key
+        self._fingerprint = None
+        self.verified: set = set()
+        self.runs = 0
+        nodes, kept = _parse(key)
+        self.nodes = len(nodes)
+        kept_set = set(kept)
+        last: dict[int, int] = {}
+        for i, (_, args, _) in enumerate(nodes):
+            for _, item in args:
+                for j in _refs(item):
+                    last[j] = i
+        frees: dict[int, list] = {}
+        for j, i in last.items():
+            if j not in kept_set:
+                frees.setdefault(i, []).append(j)
+        glb = {}
+        # per variant: the generated lines, and the node each line belongs to (for error reports)
+        lines = {"fast": [], "checked": []}
+        owner = {"fast": [None], "checked": [None]}  # line 1 is the header
+        em = _Emitter()
+        for i, (target, args, annotated) in enumerate(nodes):
+            pos = [em.expr(item) for name, item in args if name is None]
+            kw = [(name, em.expr(item)) for name, item in args if name is not None]
+            if target is getitem:
+                step = [f"v{i} = {pos[0]}[{pos[1]}]"]
+                check = step
+            elif isinstance(target, _OpOverload) and _is_kernel_call(target, annotated, supplements):
+                f = f"F{i}"
+                glb[f] = target._op  # the C++ overload itself: OpOverload.__call__ only forwards to it
+                call = ", ".join(pos + [f"{k}={v}" for k, v in kw])
+                step = [f"v{i} = {f}({call})"]
+                check = step + [f"v{i} = C(N[{i}], v{i})"]
+            else:
+                kws = "{" + ", ".join(f"{k!r}: {v}" for k, v in kw) + "}"
+                step = [f"v{i} = G(N[{i}], [{', '.join(pos)}], {kws})"]
+                check = step
+            tail = []
+            if i in kept_set:
+                tail.append(f"N[{i}].value = v{i}")
+            if i in frees:
+                tail.append("del " + ", ".join(f"v{j}" for j in sorted(frees[i])))
+            for variant, body in (("fast", step + tail), ("checked", check + tail)):
+                lines[variant].extend(body)
+                owner[variant].extend([i] * len(body))
+        self._lines = owner
+        self._resolve = tuple(em.resolve)
+        self._filename = f"<genie-replay-{next(_counter)}>"
+        srcs = {v: "def run(I, N, G, C):\n" + "".join(f"    {ln}\n" for ln in body) + "    return\n"
+                for v, body in lines.items()}
+        self.code = srcs["checked"]
+        self._fast = _function(srcs["fast"], glb, self._filename + "fast")
+        self._checked = _function(srcs["checked"], glb, self._filename + "checked")
+
+    def run(self, plan, executor) -> None:
+        specs = tuple(plan.specs)
+        fast = specs in self.verified
+        fn = self._fast if fast else self._checked
+        inputs = plan.inputs
+        for s in self._resolve:
+            inputs[s] = executor._resolve1(inputs[s])
+        try:
+            fn(inputs, plan.nodes, executor.call, executor.conform)
+        except Exception as e:
+            raise self._error(e, plan, "fast" if fast else "checked") from e
+        self.runs += 1
+        if not fast:
+            if len(self.verified) >= 64:
+                self.verified.clear()
+            self.verified.add(specs)
+
+    def _error(self, e, plan, variant):
+        if getattr(e, "_genie_formatted", False):
+            return e
+        tb = e.__traceback__
+        i = None
+        suffix = self._filename + variant
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == suffix:
+                i = self._node_at(variant, tb.tb_lineno)
+            tb = tb.tb_next
+        if i is None:
+            return e
+        from ..capture.dispatch import op_error
+        node = plan.nodes[i]
+        return op_error(node.target, e, f"genie: executing {op_name(node.target)} (node %{node.id}) failed")
+
+    def _node_at(self, variant, lineno):
+        owner = self._lines[variant]
+        return owner[lineno - 1] if 0 < lineno <= len(owner) else None
+
+    @property
+    def fingerprint(self) -> str:
+        """16-byte digest (hex) of the key's canonical text: the same on every process and machine."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.blake2b(canonical(self.key).encode(), digest_size=16).hexdigest()
+        return self._fingerprint
+
+
+def _refs(item):
+    c = item.__class__
+    if c is int:
+        yield item
+    elif c is tuple and item and item[0] is LIST:
+        for x in item[1:]:
+            yield from _refs(x)
+
+
+def _is_kernel_call(op, annotated: bool, supplements) -> bool:
+    """Whether a node of ``op`` is just its kernel called on its arguments' values."""
+    if annotated or op in supplements:
+        return False
+    oc = classify(op)
+    return (oc.plain or oc.single_view or oc.fresh_tuple) and not (oc.random or oc.writes)
+
+
+def _function(src: str, glb: dict, filename: str):
+    import linecache
+    code = compile(src, filename, "exec")
+    # keep the source findable for tracebacks, as fx does for its generated modules
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    ns = dict(glb)
+    exec(code, ns)
+    return ns["run"]
+
+
+def canonical(key) -> str:
+    """A text form of a fingerprint that names ops by their schema names, never by object ids."""
+    parts = []
+    for item in key:
+        parts.append(_text(item))
+    return " ".join(parts)
+
+
+def _text(item) -> str:
+    c = item.__class__
+    if c is int:
+        return f"%{item}"
+    if isinstance(item, _OpOverload):
+        return f"{op_name(item)}.{item._overloadname}"
+    if c is tuple:
+        if item and item[0] is LIST:
+            return "[" + ",".join(_text(x) for x in item[1:]) + "]"
+        if item and item[0] is KW:
+            return f"{item[1]}="
+        if len(item) == 2 and isinstance(item[0], type):
+            return f"{item[0].__name__}:{item[1]!r}"
+        return "kept(" + ",".join(str(i) for i in item) + ")"
+    if item is _TENSOR:
+        return "tensor"
+    if isinstance(item, type):
+        return item.__name__
+    if item in (EXT, INTS, END, ANN):
+        return repr(item)
+    return op_name(item)
+
+
+class ProgramCache:
+    """Compiled programs by fingerprint, least recently used first out."""
+
+    def __init__(self, limit: int | None = None, after: int | None = None):
+        self.limit = limit if limit is not None else int(os.environ.get("GENIE_REPLAY_CACHE", "256"))
+        # compile a fingerprint the ``after``-th time it is seen (1: at once; the suites use that)
+        self.after = max(1, after if after is not None else int(os.environ.get("GENIE_REPLAY_AFTER", "2")))
+        self._programs: OrderedDict = OrderedDict()
+        self._seen: OrderedDict = OrderedDict()  # hash of a fingerprint not compiled yet -> sightings
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.hits = self.misses = self.compiles = self.evictions = self.uncompiled = 0
+        self.compile_s = 0.0
+
+    def get(self, key, supplements=()):
+        """The program for ``key``, compiled now if ``key`` has been seen often enough; None:
+        interpret this run."""
+        try:
+            prog = self._programs.get(key)
+        except TypeError:  # an unhashable atom in the arguments: nothing to cache on
+            self.uncompiled += 1
+            return None
+        if prog is not None:
+            self._programs.move_to_end(key)
+            self.hits += 1
+            return prog
+        self.misses += 1
+        if self.after > 1:
+            h = hash(key)
+            seen = self._seen.pop(h, 0) + 1
+            if seen < self.after:
+                self._seen[h] = seen
+                if len(self._seen) > 4 * self.limit:
+                    self._seen.popitem(last=False)
+                return None
+        t0 = time.perf_counter()
+        prog = Program(key, supplements)
+        self.compile_s += time.perf_counter() - t0
+        self.compiles += 1
+        self._programs[key] = prog
+        if len(self._programs) > self.limit:
+            self._programs.popitem(last=False)
+            self.evictions += 1
+        return prog
+
+    def clear(self) -> None:
+        self._programs.clear()
+        self._seen.clear()
+
+    def stats(self) -> dict:
+        return {"enabled": True, "compile_after": self.after, "hits": self.hits, "misses": self.misses, "compiles": self.compiles,
+                "compile_s": self.compile_s, "programs": len(self._programs), "limit": self.limit,
+                "evictions": self.evictions, "uncompiled": self.uncompiled}
+
+
+def replay_enabled() -> bool:
+    return os.environ.get("GENIE_REPLAY", "1") != "0"
+
