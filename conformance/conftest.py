@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 
+# Compile every plan structure at first sight: the suites' repeated runs are then compiled replays
+# (checked, then verified); the tests session covers the default (interpret first, compile on repeat).
+os.environ.setdefault("GENIE_REPLAY_AFTER", "1")
+
 # torch's testing utilities load PyTorch's own hypothesis profile when CI is set; ours after.
 from torch.testing._internal import common_utils  # noqa: F401
 from hypothesis import HealthCheck, settings

@@ -105,34 +105,46 @@ def _loss(out):
     return sum(t.float().square().mean() for _, t in tensors_of(out) if t.is_floating_point() and t.requires_grad)
 
 
+# The structure a model materializes repeats from its second call on: the repeated calls are
+# compiled replays (the suite compiles at first sight: GENIE_REPLAY_AFTER=1), and each is checked.
+RUNS = 3
+
+
 def _check_forward(case, model, lazy, inputs, l_inputs):
     model.eval()
     lazy.eval()
     with torch.no_grad():
         expected = model(**inputs)
-        actual = lazy(**l_inputs)
-    assert_same(actual, expected, host=case.host_outputs)
+        for run in range(RUNS):
+            actual = lazy(**l_inputs)
+            try:
+                assert_same(actual, expected, host=case.host_outputs)
+            except AssertionError as e:
+                raise AssertionError(f"run {run + 1} of {RUNS}: {e}") from e
 
 
 def _check_train_step(model, lazy, inputs, l_inputs):
     model.train()
     lazy.train()
-    results = []
-    for m, x in ((model, inputs), (lazy, l_inputs)):
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        torch.manual_seed(SEED + 1)  # dropout draws the same masks on both sides
-        out = m(**x)
-        loss = _loss(out)
-        loss.backward()
-        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
-        opt.step()
-        results.append((loss, grads, dict(m.named_parameters()), dict(m.named_buffers())))
-    (e_loss, e_grads, e_params, e_bufs), (a_loss, a_grads, a_params, a_bufs) = results
-    assert_same(a_loss, e_loss, "loss")
-    assert sorted(a_grads) == sorted(e_grads), "parameters with gradients differ"
-    assert_same(a_grads, e_grads, "grad")
-    assert_same(a_params, e_params, "param after AdamW")
-    assert_same(a_bufs, e_bufs, "buffer after AdamW")
+    sides = [(m, x, torch.optim.AdamW(m.parameters(), lr=1e-2)) for m, x in ((model, inputs), (lazy, l_inputs))]
+    for step in range(RUNS):
+        results = []
+        for m, x, opt in sides:
+            opt.zero_grad()
+            torch.manual_seed(SEED + 1 + step)  # dropout draws the same masks on both sides
+            out = m(**x)
+            loss = _loss(out)
+            loss.backward()
+            grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+            opt.step()
+            results.append((loss, grads, dict(m.named_parameters()), dict(m.named_buffers())))
+        (e_loss, e_grads, e_params, e_bufs), (a_loss, a_grads, a_params, a_bufs) = results
+        at = f" (step {step + 1})"
+        assert_same(a_loss, e_loss, "loss" + at)
+        assert sorted(a_grads) == sorted(e_grads), "parameters with gradients differ" + at
+        assert_same(a_grads, e_grads, "grad" + at)
+        assert_same(a_params, e_params, "param after AdamW" + at)
+        assert_same(a_bufs, e_bufs, "buffer after AdamW" + at)
     # tied weights stay one Parameter on the device (their gradients are summed)
     assert len(list(lazy.parameters())) == len(list(model.parameters())), "shared parameters were untied"
 
@@ -216,7 +228,9 @@ def test_module_db(info, training, record_property, pytestconfig):
             torch.manual_seed(SEED)
             module = info.module_cls(*c_args, **c_kwargs)
             module.train(training)
-            lazy = copy.deepcopy(module).to(REMOTE)
+            # two copies: the second one's forward (the same structure) is a compiled replay
+            lazies = [copy.deepcopy(module).to(REMOTE) for _ in range(2)]
+            lazy = lazies[0]
             module.to(device)
             f_args, f_kwargs = inp.forward_input.args, inp.forward_input.kwargs
             torch.manual_seed(SEED + i)
@@ -229,9 +243,10 @@ def test_module_db(info, training, record_property, pytestconfig):
                     [t.cpu() for _, t in tensors_of(out)]
                 ran += 1  # checked: the device rejects what eager rejects
                 continue
-            torch.manual_seed(SEED + i)
-            actual = lazy(*_to_remote(f_args), **_to_remote(f_kwargs))
-            assert_same(actual, expected, f"input {i}")
+            for run, lazy in enumerate(lazies):
+                torch.manual_seed(SEED + i)
+                actual = lazy(*_to_remote(f_args), **_to_remote(f_kwargs))
+                assert_same(actual, expected, f"input {i}" + (" (replayed)" if run else ""))
             ran += 1
     if ran == 0:
         pytest.skip("the ModuleInfo has no forward input in this mode")

@@ -207,6 +207,22 @@ def check_sample(op, variant, sample, device: str, census: set):
         except Exception:  # noqa: BLE001 - the census is best effort; the reference already ran
             pass
 
+    # Twice, from the same device RNG state: the second run of the same structure is a compiled
+    # replay (the session compiles at first sight, GENIE_REPLAY_AFTER=1, so the first run is the
+    # compiled program with its layout checks and the second the verified one without them).
+    rng_state = torch.remote_accelerator.get_rng_state()
+    for run in ("first run", "replayed run"):
+        torch.remote_accelerator.set_rng_state(rng_state)
+        try:
+            _check_lazy(op, variant, device, inp, args, kwargs, e_inp, e_out, expected, eager_error,
+                        values_comparable)
+        except AssertionError as e:
+            raise AssertionError(f"{run}: {e}") from e
+        if eager_error is not None:
+            return
+
+
+def _check_lazy(op, variant, device, inp, args, kwargs, e_inp, e_out, expected, eager_error, values_comparable):
     l_inp, l_args, l_kwargs = _to_remote((inp, args, kwargs), device)
     if op.name in HOST_ARGS:
         l_args = args
