@@ -11,6 +11,7 @@ import torch
 
 from . import _backend
 from .capture import dispatch as _dispatch
+from .capture import rng as _rng
 from .capture.lazy_tensor import LazyTensor
 from .capture.stats import capture_stats, reset_capture_stats
 from .config import execution_device, set_execution_device
@@ -20,6 +21,7 @@ from .graph.node import Node, TensorSpec
 
 _backend.register()
 _dispatch._materialize = _scheduler.materialize
+_rng.chain.materialize = _scheduler.materialize
 
 __version__ = "0.1.0"
 

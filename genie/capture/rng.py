@@ -6,11 +6,18 @@ the previous one (``Node.rng``), so executing it first executes every earlier ra
 executor swaps the execution device's generator to the state the chain carries. The values
 therefore equal eager's under the same seed, whatever order and time tensors are read in.
 
-After a random node executes, ``node.rng`` holds its post-state, which the next link starts from.
+After a random node executes, ``node.rng`` holds its post-state, which the next link starts from;
+once the next link has run, that state is spent (``SPENT``) and freed.
+
+Random values nobody reads still advance the generator, so they must run before any later random
+value is read. Rather than keep every dropped one in the graph until then (200,000 unread
+``randn`` calls held 200,000 nodes), the chain runs its pending links every ``FLUSH_LINKS``
+links: memory and graph stay flat, and the values are the same whenever they are computed.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -18,6 +25,18 @@ import torch
 from ..graph.node import Node
 
 DEFAULT_SEED = 67280421310721  # torch's own default CPU seed
+FLUSH_LINKS = int(os.environ.get("GENIE_RNG_FLUSH_LINKS", "1024"))
+
+
+class _Spent:
+    """``node.rng`` of an executed random node whose successor has run: the state is not needed."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SPENT"
+
+
+SPENT = _Spent()
 
 
 def _seed_state(seed):
@@ -33,17 +52,26 @@ class RngChain:
         self._lock = threading.Lock()
         self.head = Node(_seed_state, (DEFAULT_SEED,), {}, None)
         self.initial_seed = DEFAULT_SEED
+        self.pending = 0  # links captured since the chain last ran
+        self.materialize = None  # bound by genie/__init__.py (the scheduler's materialize)
 
     def link(self, node: Node) -> None:
         """Append a random node to the chain (called at capture)."""
         with self._lock:
-            node.rng = self.head
+            prev = node.rng = self.head
             self.head = node
+            self.pending += 1
+            flush = self.pending >= FLUSH_LINKS
+            if flush:
+                self.pending = 0
+        if flush and self.materialize is not None:
+            self.materialize(prev)
 
     def seed(self, seed: int) -> None:
         with self._lock:
             self.initial_seed = int(seed)
             self.head = Node(_seed_state, (int(seed),), {}, None)
+            self.pending = 0
 
     def set_state(self, state: torch.Tensor) -> None:
         with self._lock:

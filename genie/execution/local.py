@@ -14,7 +14,7 @@ import torch
 
 from ..capture._tls import eager_kernels
 from ..capture.dispatch import op_error
-from ..capture.rng import _seed_state
+from ..capture.rng import SPENT, _seed_state
 from ..capture.schema import classify, get_arg
 from ..graph.node import Node, TensorSpec, getitem, op_name
 from .base import Executor
@@ -158,14 +158,19 @@ class LocalExecutor(Executor):
 
     def _run_random(self, node, op, args, kwargs):
         prev = node.rng
+        state = prev.rng
+        if state.__class__ is not torch.Tensor:
+            raise RuntimeError(f"genie: {op_name(node.target)} (node %{node.id}): the generator state it starts "
+                               "from is gone (a random value was dropped and then needed again)")
         gen = self._generator
         saved = gen.get_state()
-        gen.set_state(prev.rng)
+        gen.set_state(state)
         try:
             out = op(*args, **kwargs)
             node.rng = gen.get_state()
         finally:
             gen.set_state(saved)
+        prev.rng = SPENT  # only this link started from that state (the chain is a line)
         return out
 
     def _prepare_writes(self, node, oc, args, kwargs):
