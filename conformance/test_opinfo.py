@@ -183,7 +183,7 @@ def check_sample(op, variant, sample, device: str, census: set):
 
     # eager reference (inputs cloned: in-place and out= variants write)
     e_inp, e_args, e_kwargs = _clone((inp, args, kwargs))
-    e_out = None
+    e_out = expected = None
     eager_error = None
     try:
         if variant == "out":

@@ -36,6 +36,21 @@ class RemoteAcceleratorDevice:
         return torch.device("remote_accelerator", index)
 
 
+def replay_stats() -> dict:
+    """Compiled replay (execution/replay.py): hits, misses, compiles, compile time, cache size."""
+    executor = _scheduler.get_executor()
+    programs = getattr(executor, "programs", None)
+    if programs is None or not getattr(executor, "replays", False):
+        return {"enabled": False}
+    return programs.stats()
+
+
+def reset_replay_stats() -> None:
+    programs = getattr(_scheduler.get_executor(), "programs", None)
+    if programs is not None:
+        programs.reset_stats()
+
+
 def materialize(*tensors):
     """Compute the given LazyTensors now (their values stay cached on the execution device)."""
     for t in tensors:
@@ -44,6 +59,6 @@ def materialize(*tensors):
 
 __all__ = [
     "Graph", "LazyTensor", "Node", "RemoteAcceleratorDevice", "TensorSpec", "capture_stats",
-    "execution_device", "get_graph", "graph_of", "materialize", "reset_capture_stats",
-    "set_execution_device",
+    "execution_device", "get_graph", "graph_of", "materialize", "replay_stats", "reset_capture_stats",
+    "reset_replay_stats", "set_execution_device",
 ]
