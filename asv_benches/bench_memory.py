@@ -66,3 +66,53 @@ class BytesPerNode:
         return (after - before) / 100_000
 
     track_bytes_per_node.unit = "bytes"
+
+
+class BytesPerLiveTensor:
+    timeout = 300
+
+    def track_bytes_per_live_tensor_node(self):
+        """Resident memory per captured node whose LazyTensor is still alive (100,000 held in a list)."""
+        y = torch.zeros(8, 8, device=REMOTE)
+        keep = [y + 1 for _ in range(100)]
+        del keep
+        gc.collect()
+        before = rss_bytes()
+        keep = [y + 1 for _ in range(100_000)]
+        after = rss_bytes()
+        assert len(keep) == 100_000
+        return (after - before) / 100_000
+
+    track_bytes_per_live_tensor_node.unit = "bytes"
+
+
+def random_loop(iterations: int = 200_000):
+    """(resident bytes added per iteration, live graph nodes after) for a loop that makes random
+    tensors on the device and drops them unread."""
+    from genie import get_graph
+    for _ in range(2_000):
+        torch.randn(8, 8, device=REMOTE)
+    gc.collect()
+    before = rss_bytes()
+    for _ in range(iterations):
+        torch.randn(8, 8, device=REMOTE)
+    gc.collect()
+    after = rss_bytes()
+    return (after - before) / iterations, len(get_graph())
+
+
+class RandomLoop:
+    timeout = 600
+
+    def setup_cache(self):
+        return random_loop()
+
+    def track_random_loop_bytes_per_iteration(self, r):
+        return r[0]
+
+    track_random_loop_bytes_per_iteration.unit = "bytes"
+
+    def track_random_loop_graph_nodes(self, r):
+        return r[1]
+
+    track_random_loop_graph_nodes.unit = "nodes"

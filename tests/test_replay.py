@@ -198,3 +198,30 @@ def test_fingerprint_is_a_short_digest_equal_across_processes():
     x = torch.ones(3, device=DEVICE)
     here = Program(scheduler.Plan(((x + 1).relu().sum(0)).genie_node).key).fingerprint
     assert here == digest
+
+
+@pytest.mark.parametrize("overload", list(__import__("genie.execution.replay", fromlist=["BINDINGS"]).BINDINGS),
+                         ids=str)
+def test_bound_kernels_match_their_overloads(overload):
+    from torch.testing._internal.common_methods_invocations import op_db
+    from genie.execution.replay import BINDINGS
+    name = overload._schema.name.split("::")[1]
+    info = next(o for o in op_db if o.name == name and o.variant_test_name in ("", "no_rounding_mode"))
+    bound = BINDINGS[overload]
+    checked = 0
+    for dtype in (torch.float32, torch.int64, torch.bool, torch.complex64, torch.bfloat16):
+        for sample in info.sample_inputs("cpu", dtype):
+            args = (sample.input, *sample.args)
+            if len(args) != 2 or not isinstance(args[0], torch.Tensor):
+                continue
+            try:
+                expected = overload(*args, **sample.kwargs)
+            except Exception as e:  # noqa: BLE001 - the binding must refuse it too
+                with pytest.raises(type(e)):
+                    bound(*args, **sample.kwargs)
+                continue
+            got = bound(*args, **sample.kwargs)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+            checked += 1
+    assert checked > 10
