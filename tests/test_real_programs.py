@@ -367,3 +367,19 @@ def test_indexed_writes_check_index_shapes_and_values_at_the_call():
         torch.ones(2, 2, device=DEVICE).index_fill_(1, torch.tensor([0], device=DEVICE), 1 + 1j)
     with pytest.raises(IndexError, match="indexing tensors could not be broadcast together"):
         torch.zeros(5, 5, device=DEVICE)[[0, 1], [0, 1, 2]] = 0
+
+
+def test_linear_is_one_node_without_grad_and_decomposes_with_it():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    lazy = copy.deepcopy(layer).to(DEVICE)
+    x = torch.randn(2, 3, 6)
+    with torch.no_grad():
+        out = lazy(x.to(DEVICE))
+        assert out.genie_node.op == "aten::linear"
+        assert torch.equal(host(out), layer(x))
+    out = lazy(x.to(DEVICE))  # parameters need grad: autograd records the composite's ops
+    assert out.genie_node.op != "aten::linear"
+    out.sum().backward()
+    layer(x).sum().backward()
+    torch.testing.assert_close(host(lazy.weight.grad), layer.weight.grad, rtol=0, atol=0)

@@ -254,8 +254,28 @@ def _whole(func, args, kwargs):
     return func.decompose(*args, **kwargs)
 
 
+# Composites captured as one node when no gradient is needed: ``linear`` on a 3-d input is four
+# ops (view, t, addmm, view), each a trip through the dispatcher into Python; as one node it is one
+# trip, and the execution device runs the same composite in C++ (the same kernels, the same bits).
+# When a gradient is needed, the composite decomposes as before, and autograd records its ops.
+# (The one difference: eager's 3-d ``linear`` output is a view of an internal addmm result,
+# ``_base`` set; the whole node's output is a fresh tensor.)
+WHOLE_WITHOUT_GRAD = (aten.linear.default,)
+
+
+def _whole_without_grad(func, args, kwargs):
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return func.decompose(*args, **kwargs)
+    with torch._C._AutoDispatchBelowAutograd():
+        return func(*args, **kwargs)
+
+
 def register(lib) -> None:
     """Kernels at the device's autograd key: replayed ops go through autograd themselves."""
+    for func in WHOLE_WITHOUT_GRAD:
+        def whole_without_grad(*args, _func=func, **kwargs):
+            return _whole_without_grad(_func, args, kwargs)
+        lib.impl(_impl_name(func), whole_without_grad, "AutogradPrivateUse1")
     for func in OPS:
         def kernel(*args, _func=func, **kwargs):
             return run(_func, args, kwargs)

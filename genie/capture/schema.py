@@ -67,7 +67,7 @@ class OpClass:
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
         self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd") \
-            and not _execution_has_kernel(func)
+            and not _execution_has_kernel(func) and not _whole_without_grad(func)
         self.special = None  # a handler of dispatch's special-op table, set by dispatch
         # kernels whose outputs depend on the grad mode they run under (see GRAD_MODE_KERNELS)
         self.grad_mode = schema.name in GRAD_MODE_KERNELS
@@ -92,6 +92,11 @@ class OpClass:
 # only when grad is enabled. Captured with the grad mode of the call (part of the signature) and
 # executed under it; execution otherwise runs with grad off.
 GRAD_MODE_KERNELS = frozenset({"aten::mkldnn_rnn_layer"})
+
+
+def _whole_without_grad(func) -> bool:
+    from .device_choice import WHOLE_WITHOUT_GRAD
+    return func in WHOLE_WITHOUT_GRAD
 
 
 def _execution_has_kernel(func) -> bool:

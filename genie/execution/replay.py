@@ -46,12 +46,26 @@ _aten = torch.ops.aten
 _TB = torch._C.TensorBase
 
 # Kernels called through their Python bindings rather than the boxed call (``OpOverload._op``,
-# which parses the schema each call): about 1.5 us less per node for an 8x8 add. Each binding
-# resolves to exactly this overload for the arguments a captured node holds (a tensor and a tensor
-# or a Python number, which it wraps as the same wrapped-number tensor eager's ``z + 1`` makes);
-# tests/test_replay.py checks each against its overload on OpInfo's samples.
+# which converts every argument against the schema on each call): 1-3 us less per node, most of
+# the cost of a view. Each binding resolves to exactly this overload for the arguments a captured
+# node of it holds (a Python number given for a Tensor parameter becomes the same wrapped-number
+# tensor eager's ``z + 1`` makes). tests/test_replay.py runs real programs with every binding
+# checked against its overload (values, dtype, layout) on the very arguments it is called with.
+_V = torch._C._VariableFunctions
+_NN = torch._C._nn
 BINDINGS = {
     _aten.add.Tensor: _TB.add, _aten.sub.Tensor: _TB.sub, _aten.mul.Tensor: _TB.mul, _aten.div.Tensor: _TB.div,
+    _aten.view.default: _TB.view, _aten.t.default: _TB.t, _aten.transpose.int: _TB.transpose,
+    _aten.permute.default: _TB.permute, _aten.expand.default: _TB.expand, _aten.unsqueeze.default: _TB.unsqueeze,
+    _aten.squeeze.dim: _TB.squeeze, _aten.select.int: _TB.select,
+    _aten.mm.default: _V.mm, _aten.bmm.default: _V.bmm, _aten.addmm.default: _V.addmm,
+    _aten.relu.default: _V.relu, _aten.gelu.default: _NN.gelu, _aten.silu.default: _NN.silu,
+    _aten.native_layer_norm.default: _V.native_layer_norm, _aten.embedding.default: _V.embedding,
+    _aten._softmax.default: _V._softmax, _aten.convolution.default: _V.convolution, _aten.cat.default: _V.cat,
+    _aten.clone.default: _V.clone, _aten.neg.default: _V.neg, _aten.exp.default: _V.exp,
+    _aten.tanh.default: _V.tanh, _aten.sigmoid.default: _V.sigmoid, _aten.rsqrt.default: _V.rsqrt,
+    _aten.pow.Tensor_Scalar: _V.pow, _aten.mean.dim: _V.mean, _aten.where.self: _V.where,
+    _aten.native_batch_norm.default: _V.native_batch_norm,
 }
 
 
@@ -138,8 +152,10 @@ class Program:
                 f = f"F{i}"
                 # the C++ overload itself (OpOverload.__call__ only forwards to it), or its binding
                 glb[f] = BINDINGS.get(target) or target._op
-                call = ", ".join(pos + [f"{k}={v}" for k, v in kw])
-                step = [f"v{i} = {f}({call})"]
+                call = f"{f}(" + ", ".join(pos + [f"{k}={v}" for k, v in kw]) + ")"
+                if _returns_list(target):  # split, unbind: the node's value is a tuple, as ``call`` makes it
+                    call = f"tuple({call})"
+                step = [f"v{i} = {call}"]
                 check = step + [f"v{i} = C(N[{i}], v{i})"]
             else:
                 kws = "{" + ", ".join(f"{k!r}: {v}" for k, v in kw) + "}"
@@ -221,7 +237,16 @@ def _is_kernel_call(op, annotated: bool, supplements) -> bool:
     if annotated or op in supplements:
         return False
     oc = classify(op)
-    return (oc.plain or oc.single_view or oc.fresh_tuple) and not (oc.random or oc.writes)
+    if oc.random or oc.writes or oc.composite or oc.dynamic:
+        return False
+    return oc.plain or oc.single_view or oc.fresh_tuple or _returns_list(op)
+
+
+def _returns_list(op) -> bool:
+    """One ``Tensor[]`` return, fresh or views of the first argument (split, unbind, chunk)."""
+    returns = op._schema.returns
+    return len(returns) == 1 and isinstance(returns[0].type, torch.ListType) \
+        and classify(op).returns in ([("view", 0)], [("fresh",)])
 
 
 def _function(src: str, glb: dict, filename: str):
