@@ -170,7 +170,8 @@ def run(func, args, kwargs):
             _traces[key] = trace
             if coarse is not None and _is_one_call(trace.gm):
                 _traces[coarse] = trace
-    outs = trace.gm(*[flat[i] for i in trace.lazy_positions])
+    # forward itself: the Module call around it (hooks, tracing state) costs more than the program
+    outs = trace.gm.forward(*[flat[i] for i in trace.lazy_positions])
     is_seq, seq_type = trace.out_shape
     return seq_type(outs) if is_seq else outs[0]
 

@@ -283,21 +283,25 @@ _ATOMS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.layout
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
 
-    Hot path: an op with one fresh output (``OpClass.plain``) or one view of its first argument
-    (``OpClass.single_view``), positional arguments that are current LazyTensors, Python numbers
-    or int lists, and a signature already in the cache."""
+    Hot path: an op with one fresh output (``OpClass.plain``), one view of its first argument
+    (``OpClass.single_view``) or an in-place write of its first argument (``simple_inplace``) on
+    tensors nothing aliases; arguments that are current LazyTensors, atoms or int lists; keyword
+    arguments that are atoms; and a signature already in the cache. The key is the one
+    ``_capture_general`` builds for the same call."""
     oc = _classes.get(id(func))
-    if oc is not None and (oc.plain or oc.single_view) and not kwargs:
+    if oc is not None and oc.hot:
         key = [oc]
         nargs = []
+        lazies = 0
         for a in args:
             c = a.__class__
             if c is LazyTensor:
                 s = a._storage
-                if s is not None and a._version != s.version:
+                if s is not None and (a._version != s.version or oc.writes):
                     break
                 key.append(a._spec)
                 nargs.append(a._node)
+                lazies += 1
             elif c in _ATOMS:
                 key.append(c)
                 key.append(a)
@@ -317,15 +321,36 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
             else:
                 break
         else:
+            nkw = _EMPTY
+            if kwargs:
+                nkw = {}
+                for k, v in kwargs.items():
+                    c = v.__class__
+                    if c not in _ATOMS:
+                        return capture(func, args, kwargs)
+                    key.append(k)
+                    key.append(c)
+                    key.append(v)
+                    nkw[k] = v
+            if oc.writes:  # no argument aliases another: the alias signature is all None
+                key.append((None,) * lazies)
             inf = _cache.get(tuple(key))
             if inf is not None and inf.error is None:
-                spec = inf.outs[0]
-                if spec.__class__ is TensorSpec:
-                    oc.captured += 1
-                    node = Node(func, tuple(nargs), _EMPTY, spec)
-                    if oc.single_view:
-                        return _wrap_out(spec, node, _storage_of(args[0]), args[0])
-                    return new_lazy(spec, node)
+                if oc.writes:
+                    t = args[0]
+                    spec = inf.mutated[0]
+                    if t.__class__ is LazyTensor and spec is t._spec:
+                        oc.captured += 1
+                        t._node = Node(func, tuple(nargs), nkw, spec)  # nothing aliases t: a new value
+                        return t
+                else:
+                    spec = inf.outs[0]
+                    if spec.__class__ is TensorSpec:
+                        oc.captured += 1
+                        node = Node(func, tuple(nargs), nkw, spec)
+                        if oc.single_view:
+                            return _wrap_out(spec, node, _storage_of(args[0]), args[0])
+                        return new_lazy(spec, node)
     return capture(func, args, kwargs or _EMPTY)
 
 

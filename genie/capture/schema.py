@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "single_view", "fresh_tuple", "grad_mode", "captured", "eager", "fallback")
+                 "simple_inplace", "single_view", "fresh_tuple", "grad_mode", "hot", "captured", "eager", "fallback")
 
     def __init__(self, func):
         self.func = func
@@ -86,6 +86,8 @@ class OpClass:
         # x.add_(y): writes its first argument only and returns it
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
+        # taken by dispatch.torch_dispatch's hot path (special ops have handlers of their own)
+        self.hot = self.plain or self.single_view or (self.simple_inplace and not self.grad_mode)
 
 
 # Kernels that look at GradMode: mkldnn's RNN layer allocates the workspace its backward needs

@@ -100,4 +100,4 @@ def install() -> None:
     """Give each special op its handler (the hot paths then step aside for it)."""
     for func, handler in _SPECIAL.items():
         oc = classify(func)
-        oc.special, oc.plain = handler, False
+        oc.special, oc.plain, oc.hot = handler, False, False
