@@ -42,6 +42,10 @@ def tests(session: nox.Session) -> None:
         *session.posargs,
         env={"OMP_NUM_THREADS": "1"},
     )
+    # again with every plan structure compiled at first sight: each test's programs then run as
+    # compiled replays (the run above interprets first sightings and compiles repeats)
+    session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,
+                env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"})
 
 
 @nox.session(python=PYTHON)
@@ -64,7 +68,9 @@ def conformance(session: nox.Session, device: str) -> None:
         "pytest", "conformance", "-p", "no:cacheprovider", "-q", "-n", workers, "-rfE", "--disable-warnings",
         f"--genie-device={device}", f"--genie-report={out}",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "1", "GENIE_EXECUTION_DEVICE": device},
+        # GENIE_REPLAY_AFTER=1: every structure is compiled at first sight, and the suites run each
+        # program twice or more, so the checked and the verified compiled code are both proven
+        env={"OMP_NUM_THREADS": "1", "GENIE_EXECUTION_DEVICE": device, "GENIE_REPLAY_AFTER": "1"},
         success_codes=[0, 1],
     )
     session.run("python", "-m", "conformance.report", out, "--check")

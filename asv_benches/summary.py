@@ -26,6 +26,17 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
         target = "<= 1.0x" if name in ("add", "relu_mm") else "<= 2.0x"
         rows.append((f"capture {name} (eager {eager:.2f} us, lazy {lazy:.2f} us)", ratio, "x eager", target))
     rows.append(("bytes per captured node (100k chain, RSS)", BytesPerNode().track_bytes_per_node(), "bytes", "<= 500"))
+    from .bench_memory import BytesPerLiveTensor
+    rows.append(("bytes per live captured node with its LazyTensor (RSS)",
+                 BytesPerLiveTensor().track_bytes_per_live_tensor_node(), "bytes", "<= 500"))
+    from .bench_replay import ZOO, chain_materialize, forward_ratio
+    r = chain_materialize(5 if quick else 15)
+    rows.append((f"materialize a chain of 8x8 adds, per node, replayed (eager {r[1] * 1e6:.2f} us)", r[0], "x eager",
+                 "<= 1.2x"))
+    for model in ZOO:
+        ratio, e, _ = forward_ratio(model, 5 if quick else 15)
+        rows.append((f"zoo {model} no_grad forward, capture + materialize, replayed (eager {e * 1e3:.2f} ms)", ratio,
+                     "x eager", "<= 1.5x"))
     rows.append(("memory overhead, 1M-element tensor", MemoryOverhead().track_mem_overhead_percent("tensor_1M"),
                  "%", "< 1%"))
     if not quick:

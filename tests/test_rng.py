@@ -5,6 +5,8 @@ import itertools
 import pytest
 import torch
 
+import genie
+
 from conftest import DEVICE, host
 
 MAKERS = [
@@ -71,3 +73,29 @@ def test_fork_rng_and_get_state():
     torch.manual_seed(9)
     b = torch.randn(3)
     assert torch.equal(a, b)
+
+
+def test_unread_random_values_do_not_pile_up_and_keep_eagers_sequence(monkeypatch):
+    from genie.capture import rng
+    monkeypatch.setattr(rng, "FLUSH_LINKS", 64)
+    torch.manual_seed(3)
+    for _ in range(1000):
+        torch.randn(4, 4, device=DEVICE)  # made and dropped unread
+    pending = [n for n in genie.get_graph() if n.op == "aten::randn" and n.value is None]
+    assert len(pending) < 64  # the chain ran its pending links as it went
+    got = host(torch.rand(5, device=DEVICE))
+    torch.manual_seed(3)
+    for _ in range(1000):
+        torch.randn(4, 4)
+    torch.testing.assert_close(got, torch.rand(5), rtol=0, atol=0)
+
+
+def test_a_random_value_kept_alive_reads_the_same_after_later_links_ran(monkeypatch):
+    from genie.capture import rng
+    monkeypatch.setattr(rng, "FLUSH_LINKS", 8)
+    torch.manual_seed(5)
+    first = torch.randn(3, device=DEVICE)
+    for _ in range(50):
+        torch.randn(2, device=DEVICE)
+    torch.manual_seed(5)
+    torch.testing.assert_close(host(first), torch.randn(3), rtol=0, atol=0)
