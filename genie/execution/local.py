@@ -9,6 +9,7 @@ from what the meta kernel promised is re-laid-out here, never passed on.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -40,7 +41,10 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
         raw = raw.conj() if v.is_conj() else raw  # logical value of the raw memory
         raw = raw.neg() if v.is_neg() else raw
         buf.copy_(raw)
-        out = buf.as_strided(spec.shape, spec.stride, spec.offset)
+        # set_, not as_strided: a view would keep ``buf`` alive as its base, and the buffer would
+        # look shared to the in-place buffer reuse (``_stealable``) forever after
+        out = torch.empty(0, dtype=spec.dtype, device=v.device).set_(buf.untyped_storage(), spec.offset,
+                                                                      spec.shape, spec.stride)
     else:
         out = buf.as_strided(spec.shape, spec.stride, spec.offset)
         # copy_ copies logical values; a bit set afterwards flips them once more, so pre-flip
@@ -80,6 +84,7 @@ class LocalExecutor(Executor):
         self._supplements = _CPU_SUPPLEMENTS if self.device.type == "cpu" else {}
         self.replays = replay_enabled()
         self.programs = ProgramCache()
+        self.steals = 0  # in-place writes that reused their input's buffer instead of a copy
 
     def execute(self, plan) -> None:
         with eager_kernels():
@@ -100,9 +105,14 @@ class LocalExecutor(Executor):
         kwargs = {k: self._resolve1(v) for k, v in node.kwargs.items()} if node.kwargs else {}
         return self.call(node, args, kwargs)
 
-    def call(self, node: Node, args, kwargs):
+    def call(self, node: Node, args, kwargs, steal: int = 0):
         """Run ``node`` on its arguments' values (resolved to this device) and return its value,
-        laid out as its spec says. Errors name the op and the node, with eager's exception type."""
+        laid out as its spec says. Errors name the op and the node, with eager's exception type.
+
+        ``steal`` (compiled programs, in-place ops writing their first argument): 1 when that
+        argument is a value of the plan this node is the last to use, 2 when it is a materialized
+        input; the write then goes to that value's own buffer instead of a copy where nothing else
+        can see the buffer (see ``_stealable``)."""
         op = node.target
         if op is _seed_state:
             gen = torch.Generator(device=self.device)
@@ -111,7 +121,7 @@ class LocalExecutor(Executor):
             return True
         oc = classify(op)
         if oc.writes:
-            args, kwargs, written = self._prepare_writes(node, oc, args, kwargs)
+            args, kwargs, written = self._prepare_writes(node, oc, args, kwargs, steal)
         try:
             if oc.random:
                 out = self._run_random(node, op, args, kwargs)
@@ -173,7 +183,7 @@ class LocalExecutor(Executor):
         prev.rng = SPENT  # only this link started from that state (the chain is a line)
         return out
 
-    def _prepare_writes(self, node, oc, args, kwargs):
+    def _prepare_writes(self, node, oc, args, kwargs, steal=0):
         args = list(args)
         written = []
         for where, is_list in oc.mutated:
@@ -185,7 +195,11 @@ class LocalExecutor(Executor):
                 new = [self._writable(v, s, oc) for v, s in zip(value, src)]
                 written.extend(new)
             else:
-                new = self._writable(value, src, oc)
+                if steal and where == 0 and _stealable(steal, src, value):
+                    new = value
+                    self.steals += 1
+                else:
+                    new = self._writable(value, src, oc)
                 written.append(new)
             if isinstance(where, str):
                 kwargs[where] = new
@@ -232,6 +246,33 @@ class LocalExecutor(Executor):
         if isinstance(a, torch.Tensor) and a.device != self.device and a.dim() > 0:
             return a.to(self.device)
         return a
+
+
+_use_count = torch._C._storage_Use_Count
+_getrefcount = sys.getrefcount
+
+
+def _stealable(steal: int, src, value) -> bool:
+    """May an in-place write go to ``value``'s own buffer (the value of node ``src``)?
+
+    Values are never mutated once stored, so writes run on a copy, unless nobody can observe the
+    old value again: the node holding it is referenced by the writing node alone (a materialized
+    input: its refcount; a value of the plan: the program saw this node is its last user and that
+    it is not kept), no other tensor shares the buffer (the storage's use count: views of it alive
+    anywhere count), and the buffer is laid out as the copy would be. Optimizer steps write every
+    state tensor in place: without this, each write copied the tensor first."""
+    if src.__class__ is not Node or src.spec.__class__ is not TensorSpec:
+        return False
+    # references to an input node: the writing node's args, this frame's and the caller's locals, getrefcount's
+    if steal == 2 and _getrefcount(src) > 4:
+        return False
+    spec = src.spec
+    if value.dtype != spec.dtype or value.stride() != spec.stride or value.storage_offset() != spec.offset \
+            or value.is_conj() or value.is_neg() or spec.conj or spec.neg:
+        return False
+    storage = value.untyped_storage()
+    # the use count sees this storage object and the value's own TensorImpl: anything more is an alias
+    return _use_count(storage._cdata) <= 2 and storage.nbytes() >= spec.storage_nbytes
 
 
 def _spec_of_input(src, value):

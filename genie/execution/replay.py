@@ -159,7 +159,9 @@ class Program:
                 check = step + [f"v{i} = C(N[{i}], v{i})"]
             else:
                 kws = "{" + ", ".join(f"{k!r}: {v}" for k, v in kw) + "}"
-                step = [f"v{i} = G(N[{i}], [{', '.join(pos)}], {kws})"]
+                steal = _steal_mode(target, annotated, args, i, last, kept_set)
+                extra = f", {steal}" if steal else ""
+                step = [f"v{i} = G(N[{i}], [{', '.join(pos)}], {kws}{extra})"]
                 check = step
             tail = []
             if i in kept_set:
@@ -221,6 +223,21 @@ class Program:
         if self._fingerprint is None:
             self._fingerprint = hashlib.blake2b(canonical(self.key).encode(), digest_size=16).hexdigest()
         return self._fingerprint
+
+
+def _steal_mode(target, annotated, args, i, last, kept_set) -> int:
+    """For an in-place op writing its first argument: 1 if that argument is a value of the plan
+    that this node uses last and nothing keeps, 2 if it is a materialized input (the executor
+    checks at run time whether anything else holds it), 0 otherwise (the write runs on a copy)."""
+    if annotated or not isinstance(target, _OpOverload):
+        return 0
+    oc = classify(target)
+    if not oc.simple_inplace or oc.random or not args or args[0][0] is not None:
+        return 0
+    first = args[0][1]
+    if first.__class__ is int:
+        return 1 if first not in kept_set and last.get(first) == i else 0
+    return 2 if first is EXT else 0
 
 
 def _refs(item):
