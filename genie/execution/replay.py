@@ -36,7 +36,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..capture.schema import classify
+from ..capture.schema import OpClass, classify
 from ..graph.node import getitem, op_name
 from .scheduler import ANN, END, EXT, INTS, KW, LIST, _TENSOR
 
@@ -78,7 +78,7 @@ def _parse(key):
     annotated = False
     for item in key[:-1]:
         if target is None:
-            target = item
+            target = item.func if item.__class__ is OpClass else item
             args, name, annotated = [], None, False
         elif item is END:
             nodes.append((target, args, annotated))
@@ -288,6 +288,8 @@ def _text(item) -> str:
     c = item.__class__
     if c is int:
         return f"%{item}"
+    if c is OpClass:
+        item = item.func
     if isinstance(item, _OpOverload):
         return f"{op_name(item)}.{item._overloadname}"
     if c is tuple:

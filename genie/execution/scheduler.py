@@ -22,6 +22,7 @@ import threading
 
 import torch
 
+from ..capture.schema import _classes, classify
 from ..graph.node import _EMPTY, Node
 
 _lock = threading.RLock()
@@ -233,8 +234,15 @@ def _encode(plan, nodes):
             return _TENSOR
         return (c, a)
 
+    classes = _classes
     for i, n in enumerate(nodes):
-        k_add(n.target)
+        # an op stands in the key for its OpClass, which hashes by identity (OpOverload's __hash__
+        # is Python code, a measurable share of a lookup of a large plan's key)
+        t = n.target
+        oc = classes.get(id(t))
+        if oc is None and t.__class__ is _OpOverload:
+            oc = classify(t)
+        k_add(t if oc is None else oc)
         s_add(n.spec)
         for a in n.args:
             c = a.__class__
@@ -292,6 +300,7 @@ def _encode(plan, nodes):
 
 
 _TENSOR = torch.Tensor
+_OpOverload = torch._ops.OpOverload
 
 
 def _tensor_layout(t):
