@@ -20,16 +20,21 @@ from .zoo import ZOO, DecoderLM, greedy_decode
 CHAIN = 1000
 
 
-def _rounds(eager, lazy, repeat: int, warmup: int = 3) -> tuple[float, float, float]:
-    """(ratio, eager_s, lazy_s): medians of alternating rounds after warm-up rounds of each."""
+def _rounds(eager, lazy, repeat: int, warmup: int = 3, prepare=None) -> tuple[float, float, float]:
+    """(ratio, eager_s, lazy_s): medians of alternating rounds after warm-up rounds of each;
+    ``prepare`` runs untimed before each lazy round."""
     for _ in range(warmup):
         eager()
+        if prepare is not None:
+            prepare()
         lazy()
     te, tl = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
         eager()
         te.append(time.perf_counter() - t0)
+        if prepare is not None:
+            prepare()
         t0 = time.perf_counter()
         lazy()
         tl.append(time.perf_counter() - t0)
@@ -73,21 +78,8 @@ def chain_materialize(repeat: int = 15):
         state["z"] = z
 
     # capture is not timed here (bench_capture times it): each lazy round materializes a fresh chain
-    for _ in range(3):
-        eager()
-        capture()
-        lazy()
-    te, tl = [], []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        eager()
-        te.append(time.perf_counter() - t0)
-        capture()
-        t0 = time.perf_counter()
-        lazy()
-        tl.append(time.perf_counter() - t0)
-    e, la = statistics.median(te), statistics.median(tl)
-    return la / e, e / CHAIN, la / CHAIN
+    ratio, e, la = _rounds(eager, lazy, repeat, prepare=capture)
+    return ratio, e / CHAIN, la / CHAIN
 
 
 def _pair(name):
@@ -178,11 +170,16 @@ class ChainMaterialize:
     track_eager_us_per_op.unit = "us"
 
 
-class ZooForward:
-    """no_grad forward, capture plus materialize, second and later runs, against eager."""
+class _ZooRatio:
+    """One ratio per zoo model, all measured in one setup_cache. Each subclass defines its own
+    setup_cache: asv keys the cache on the function's source line, so an inherited one is shared."""
     params = list(ZOO)
     param_names = ["model"]
     timeout = 600
+
+
+class ZooForward(_ZooRatio):
+    """no_grad forward, capture plus materialize, second and later runs, against eager."""
 
     def setup_cache(self):
         return {name: forward_ratio(name) for name in ZOO}
@@ -198,10 +195,8 @@ class ZooForward:
     track_eager_forward_ms.unit = "ms"
 
 
-class ZooTrainStep:
-    params = list(ZOO)
-    param_names = ["model"]
-    timeout = 600
+class ZooTrainStep(_ZooRatio):
+    """Forward, backward, AdamW step, read the loss: second and later steps, against eager."""
 
     def setup_cache(self):
         return {name: train_ratio(name) for name in ZOO}

@@ -196,38 +196,27 @@ def _encode(plan, nodes):
     i_add = inputs.append
     s_add = specs.append
 
-    def seq(items, i):
-        """Encoding of a list argument holding nodes or atoms other than ints."""
-        out = [LIST]
-        for a in items:
-            c = a.__class__
-            if c is Node:
-                j = pos.get(id(a))
-                if j is None:
-                    out.append(EXT)
-                    i_add(a.value)
-                    s_add(a.spec)
-                else:
-                    out.append(j)
-                    occ[j] += 1
-                    last[j] = i
-            elif c is int or c is float:
-                out.append(c)
-                i_add(a)
-            elif c is tuple or c is list:
-                out.append(_list(a, i))
-            else:
-                out.append(_atom(a, c))
-        return tuple(out)
-
-    def _list(a, i):
-        for x in a:
-            if x.__class__ is not int:
-                return seq(a, i)
-        i_add(a)
-        return INTS
-
-    def _atom(a, c):
+    def item(a, i):
+        """The key item of argument ``a`` of node ``i`` (its inputs and specs appended as it goes)."""
+        c = a.__class__
+        if c is Node:
+            j = pos.get(id(a))
+            if j is None:
+                i_add(a.value)
+                s_add(a.spec)
+                return EXT
+            occ[j] += 1
+            last[j] = i
+            return j
+        if c is int or c is float:
+            i_add(a)
+            return c
+        if c is tuple or c is list:
+            for x in a:
+                if x.__class__ is not int:  # a list holding nodes or other atoms: item by item
+                    return (LIST, *[item(x, i) for x in a])
+            i_add(a)
+            return INTS
         i_add(a)
         if isinstance(a, _TENSOR):
             s_add(_tensor_layout(a))
@@ -245,8 +234,7 @@ def _encode(plan, nodes):
         k_add(t if oc is None else oc)
         s_add(n.spec)
         for a in n.args:
-            c = a.__class__
-            if c is Node:
+            if a.__class__ is Node:  # the common argument, inline (``item`` does the same)
                 j = pos.get(id(a))
                 if j is None:
                     k_add(EXT)
@@ -256,34 +244,12 @@ def _encode(plan, nodes):
                     k_add(j)
                     occ[j] += 1
                     last[j] = i
-            elif c is int or c is float:
-                k_add(c)
-                i_add(a)
-            elif c is tuple or c is list:
-                k_add(_list(a, i))
             else:
-                k_add(_atom(a, c))
+                k_add(item(a, i))
         if n.kwargs:
             for name, a in n.kwargs.items():
                 k_add((KW, name))
-                c = a.__class__
-                if c is Node:
-                    j = pos.get(id(a))
-                    if j is None:
-                        k_add(EXT)
-                        i_add(a.value)
-                        s_add(a.spec)
-                    else:
-                        k_add(j)
-                        occ[j] += 1
-                        last[j] = i
-                elif c is int or c is float:
-                    k_add(c)
-                    i_add(a)
-                elif c is tuple or c is list:
-                    k_add(_list(a, i))
-                else:
-                    k_add(_atom(a, c))
+                k_add(item(a, i))
         rng = n.rng
         if rng.__class__ is Node:
             j = pos.get(id(rng))
