@@ -46,6 +46,10 @@ def tests(session: nox.Session) -> None:
     # compiled replays (the run above interprets first sightings and compiles repeats)
     session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,
                 env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"})
+    # and once more with a genie server (a subprocess) as the execution target: every program of
+    # the suite then crosses the wire format and runs from resident values
+    session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,
+                env={"OMP_NUM_THREADS": "1", "GENIE_TEST_SERVER": "1"})
 
 
 @nox.session(python=PYTHON)

@@ -7,6 +7,8 @@ only when something reads them.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _backend
@@ -16,6 +18,8 @@ from .capture.lazy_tensor import LazyTensor
 from .capture.stats import capture_stats, reset_capture_stats
 from .config import execution_device, set_execution_device
 from .execution import scheduler as _scheduler
+from .execution import syncs as _syncs
+from .execution.remote.api import RemoteError, ServerHandle, remote, server_stats, start_server
 from .graph.graph import Graph, get_graph, graph_of
 from .graph.node import Node, TensorSpec
 
@@ -54,11 +58,37 @@ def reset_replay_stats() -> None:
 def materialize(*tensors):
     """Compute the given LazyTensors now (their values stay cached on the execution device)."""
     for t in tensors:
-        _dispatch.value_of(t)
+        _dispatch.value_of(t, local=False)
+
+
+def sync_report(file=None, reset: bool = False):
+    """Every materialization so far, grouped by the source line that caused it (syncs.py); printed
+    to ``file`` (stdout by default; ``file=False`` prints nothing) and returned."""
+    import sys
+    report = _syncs.report()
+    if file is not False:
+        print(report.table(), file=file or sys.stdout)
+    if reset:
+        snapshot = _syncs.SyncReport(dict(report.sites))
+        report.clear()
+        return snapshot
+    return report
+
+
+@contextlib.contextmanager
+def sync_points():
+    """Record the materializations of one block: ``with genie.sync_points() as report: ...``."""
+    report = _syncs.SyncReport()
+    _syncs.push(report)
+    try:
+        yield report
+    finally:
+        _syncs.pop(report)
 
 
 __all__ = [
-    "Graph", "LazyTensor", "Node", "RemoteAcceleratorDevice", "TensorSpec", "capture_stats",
-    "execution_device", "get_graph", "graph_of", "materialize", "replay_stats", "reset_capture_stats",
-    "reset_replay_stats", "set_execution_device",
+    "Graph", "LazyTensor", "Node", "RemoteAcceleratorDevice", "RemoteError", "ServerHandle", "TensorSpec",
+    "capture_stats", "execution_device", "get_graph", "graph_of", "materialize", "remote", "replay_stats",
+    "reset_capture_stats", "reset_replay_stats", "server_stats", "set_execution_device", "start_server",
+    "sync_points", "sync_report",
 ]

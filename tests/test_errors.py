@@ -71,6 +71,7 @@ _lib.define("explode(Tensor x) -> Tensor")
 _lib.impl("explode", lambda x: (_ for _ in ()).throw(ValueError("kernel exploded")), "CPU")
 
 
+@pytest.mark.in_process  # genie_test::explode exists in this process only
 @pytest.mark.parametrize("run", ["first (interpreted)", "second (compiled, checked)", "third (compiled, fast)"])
 def test_execution_errors_name_the_op(run):
     # the same structure materialized once, twice or three times: every execution path names the
@@ -93,6 +94,7 @@ def test_execution_device_validation(monkeypatch):
             genie.config._validate("cuda")
 
 
+@pytest.mark.in_process
 def test_metadata_disagreement_is_an_error():
     from genie.execution.local import LocalExecutor
     from genie.graph.node import intern_spec

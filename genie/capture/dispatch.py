@@ -617,12 +617,13 @@ def _wrap_out(spec, node, storage, src=None):
 # leaving the graph: materialization and eager execution
 
 
-def value_of(t) -> torch.Tensor:
-    """The real tensor behind a LazyTensor, on the execution device (runs what it needs)."""
+def value_of(t, local: bool = True) -> torch.Tensor:
+    """The real tensor behind a LazyTensor, on the execution device (runs what it needs); with
+    ``local`` a value resident on a server is brought to this process."""
     s = t._storage
     if s is not None and t._version != s.version:
         _refresh(t)
-    return _materialize(t._node)
+    return _materialize(t._node, local)
 
 
 def _real(a):

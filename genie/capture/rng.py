@@ -84,7 +84,10 @@ class RngChain:
         with self._lock:
             head = self.head
         materialize(head)
-        return head.rng.clone()
+        state = head.rng
+        if state.__class__ is not torch.Tensor:  # resident on a server
+            state = state.fetch()
+        return state.clone()
 
 
 chain = RngChain()

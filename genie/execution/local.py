@@ -85,15 +85,20 @@ class LocalExecutor(Executor):
         self.replays = replay_enabled()
         self.programs = ProgramCache()
         self.steals = 0  # in-place writes that reused their input's buffer instead of a copy
+        self.last_mode = "interpreted"  # how the last plan ran: interpreted, compiled or replayed (syncs.py)
 
     def execute(self, plan) -> None:
         with eager_kernels():
             key = plan.key
             if key is not None:
-                program = self.programs.get(key, self._supplements)
+                programs = self.programs
+                compiles = programs.compiles
+                program = programs.get(key, self._supplements)
                 if program is not None:
+                    self.last_mode = "compiled" if programs.compiles != compiles else "replayed"
                     program.run(plan, self)
                     return
+            self.last_mode = "interpreted"
             self.interpret(plan)
 
     def run_node(self, node: Node):

@@ -36,9 +36,14 @@ MAX_COMPILED_NODES = int(os.environ.get("GENIE_REPLAY_MAX_NODES", "20000"))
 def get_executor():
     global _executor
     if _executor is None:
-        from .. import config
-        from .local import LocalExecutor
-        _executor = LocalExecutor(config.execution_device())
+        servers = os.environ.get("GENIE_SERVERS")
+        if servers:  # unmodified programs run on the configured server
+            from .remote import api
+            _executor = api.executor_for(servers.split(",")[0].strip(), os.environ.get("GENIE_SERVER_TOKEN"))
+        else:
+            from .. import config
+            from .local import LocalExecutor
+            _executor = LocalExecutor(config.execution_device())
     return _executor
 
 
@@ -91,10 +96,11 @@ class Plan:
     fingerprint's input slots stand for. ``specs``: every spec the run produces or reads, which
     decides whether a compiled program may skip its layout checks (see replay.Program)."""
 
-    __slots__ = ("nodes", "target", "key", "inputs", "specs", "kept", "last_use")
+    __slots__ = ("nodes", "target", "key", "inputs", "specs", "kept", "last_use", "fetched")
 
     def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
+        self.fetched = None  # a remote executor brings the target's value back here when asked
         nodes = _collect(target)
         n = len(nodes)
         self.nodes = nodes
@@ -273,22 +279,76 @@ def _tensor_layout(t):
     return (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
 
 
-def materialize(node: Node):
-    """The value of ``node``, computing whatever it depends on."""
+def materialize(node: Node, local: bool = False):
+    """The value of ``node``, computing whatever it depends on. ``local``: a tensor in this
+    process is wanted (a value resident on a server is brought back, with the run that computes
+    it when there is one). Every call that runs or reads something is a sync point (syncs.py)."""
     value = node.value
     if value is not None:
+        if local and value.__class__ is RemoteValue:
+            t0 = perf_counter()
+            conn = value.conn
+            down = conn.bytes_down
+            value = conn.fetch(value, node.spec)
+            syncs.record(0, "read", 0, conn.bytes_down - down, perf_counter() - t0)
         return value
     if not _lock.acquire(timeout=LOCK_TIMEOUT_S):
         raise TimeoutError(f"genie: waited {LOCK_TIMEOUT_S:.0f} s for another thread's materialization "
                            f"(set GENIE_MATERIALIZE_TIMEOUT_S to wait longer); {node!r} was not computed")
+    fetched = None
     try:
         if node.value is None:
+            t0 = perf_counter()
             executor = get_executor()
+            remote = executor.__class__ is not _LocalExecutor and hasattr(executor, "conn")
+            if not remote and RemoteValue.live:
+                _bring_back(node)  # values left on a server by an earlier remote block
             plan = Plan(node, getattr(executor, "replays", False))
+            if local and remote:
+                plan.fetched = _WANTED
             try:
                 executor.execute(plan)
+                fetched = plan.fetched
+                n = len(plan.nodes)
             finally:
                 plan.finish()
+            syncs.record(n, getattr(executor, "last_mode", "interpreted"), getattr(executor, "last_up", 0),
+                         getattr(executor, "last_down", 0), perf_counter() - t0)
     finally:
         _lock.release()
-    return node.value
+    if local and fetched is not None and fetched is not _WANTED:
+        return fetched
+    return materialize(node, local) if local else node.value
+
+
+def _bring_back(target: Node) -> None:
+    """Before a local run: inputs whose values are resident on a server come back to this process."""
+    for n in _collect(target):
+        for a in _iter_nodes(n):
+            v = a.value
+            if v.__class__ is RemoteValue:
+                a.value = v.fetch() if a.spec.__class__ is TensorSpec else \
+                    tuple(None if s is None else v.conn.fetch(v, s, k) for k, s in enumerate(a.spec))
+        rng = n.rng
+        if rng.__class__ is Node and rng.rng.__class__ is RemoteValue:
+            rng.rng = rng.rng.fetch()
+
+
+def _iter_nodes(n: Node):
+    seqs = [n.args, tuple(n.kwargs.values()) if n.kwargs else ()]
+    while seqs:
+        for a in seqs.pop():
+            c = a.__class__
+            if c is Node:
+                yield a
+            elif c is tuple or c is list:
+                seqs.append(a)
+
+
+from time import perf_counter  # noqa: E402
+
+from ..graph.node import TensorSpec  # noqa: E402
+from . import syncs  # noqa: E402
+from .local import LocalExecutor as _LocalExecutor  # noqa: E402
+from .remote.client import _WANTED  # noqa: E402
+from .remote.handle import RemoteValue  # noqa: E402

@@ -1,0 +1,180 @@
+"""What a program uses: start a server, run materializations there, ask it what it holds.
+
+    srv = genie.start_server(device="cpu")      # a subprocess; .address .pid .token .close()
+    with genie.remote(srv):                      # or genie.remote("host:port", token=...)
+        loss = model(x).sum(); loss.item()       # plans run on the server, values stay there
+
+Connections are pooled per address: leaving a ``remote`` block switches execution back to the
+local executor but keeps the connection (and the values resident on the server) until the
+server handle is closed or the process ends. ``GENIE_SERVERS=host:port`` with
+``GENIE_SERVER_TOKEN`` makes unmodified programs run on that server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .. import scheduler
+from .client import DEFAULT_TIMEOUT_S, Connection, RemoteError, RemoteExecutor
+
+START_TIMEOUT_S = float(os.environ.get("GENIE_SERVER_START_TIMEOUT_S", "120"))
+
+_pool: dict[str, RemoteExecutor] = {}
+_pool_lock = threading.Lock()
+
+
+class ServerHandle:
+    """A server process started by ``start_server``; a context manager that closes it."""
+
+    def __init__(self, proc: subprocess.Popen, address: str, token: str, device: str, log_path: str):
+        self.proc = proc
+        self.address = address
+        self.token = token
+        self.device = device
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def close(self, timeout: float = 10.0) -> None:
+        _drop(self.address)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<genie server {self.address} pid={self.pid} device={self.device}>"
+
+
+def start_server(device: str = "cpu", host: str = "127.0.0.1", port: int = 0,
+                 timeout: float = START_TIMEOUT_S) -> ServerHandle:
+    """Start ``python -m genie.server`` as a subprocess with a fresh token (handed over in its
+    environment, never on the command line) and wait until it listens."""
+    token = secrets.token_urlsafe(24)
+    env = dict(os.environ, GENIE_SERVER_TOKEN=token)
+    env.pop("GENIE_SERVERS", None)  # the server executes locally
+    fd, log_path = tempfile.mkstemp(prefix="genie-server-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "genie.server", "--host", host, "--port", str(port),
+                                 "--device", device], stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                env=env, text=True)
+    line = _first_line(proc, timeout)
+    if not line.startswith("genie-server listening on "):
+        proc.kill()
+        proc.wait()
+        with open(log_path) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"genie: the server did not start (first line {line!r}); its log:\n{tail}")
+    address = line.split()[3]
+    return ServerHandle(proc, address, token, device, log_path)
+
+
+def _first_line(proc, timeout: float) -> str:
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not out:
+        proc.kill()
+        raise TimeoutError(f"genie: the server did not report its address within {timeout:.0f} s")
+    return out[0].strip()
+
+
+def _address(target) -> tuple[str, str | None]:
+    if isinstance(target, ServerHandle):
+        return target.address, target.token
+    if isinstance(target, str):
+        return target, None
+    raise TypeError(f"genie.remote: expected a server handle or 'host:port', got {type(target).__name__}")
+
+
+def executor_for(target, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteExecutor:
+    """The pooled executor for a server (connecting on first use)."""
+    address, own_token = _address(target)
+    token = token or own_token or os.environ.get("GENIE_SERVER_TOKEN")
+    if not token:
+        raise ValueError(f"genie.remote: no token for {address} (pass token=..., or set GENIE_SERVER_TOKEN)")
+    with _pool_lock:
+        ex = _pool.get(address)
+        if ex is not None and ex.conn.dead is None:
+            return ex
+        host, _, port = address.rpartition(":")
+        ex = RemoteExecutor(Connection(host, int(port), token, timeout))
+        _pool[address] = ex
+        return ex
+
+
+def _drop(address: str) -> None:
+    with _pool_lock:
+        ex = _pool.pop(address, None)
+    if ex is not None:
+        if scheduler._executor is ex:
+            scheduler.reset_executor()
+        ex.conn.close()
+
+
+@contextlib.contextmanager
+def remote(target, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
+    """Materializations inside the block run on the server ``target`` (a ``ServerHandle`` or
+    ``"host:port"``)."""
+    ex = executor_for(target, token, timeout)
+    with scheduler._lock:
+        previous = scheduler._executor
+        scheduler.set_executor(ex)
+    try:
+        yield ex
+    finally:
+        with scheduler._lock:
+            scheduler.set_executor(previous)
+
+
+def server_stats(target=None) -> dict:
+    """What a server holds for this client: resident bytes and values, known structures, runs.
+    Without ``target``: the server of the current executor. Pending frees are sent first."""
+    if target is None:
+        ex = scheduler.get_executor()
+        if not isinstance(ex, RemoteExecutor):
+            raise RuntimeError("genie.server_stats: execution is local (use it inside genie.remote(...))")
+    else:
+        ex = executor_for(target)
+    import gc
+    gc.collect()  # handles in reference cycles are released now, not at some later collection
+    t0 = time.perf_counter()
+    stats = ex.conn.stats()
+    stats["round_trip_s"] = time.perf_counter() - t0
+    stats.pop("tensors", None)
+    stats["address"] = ex.conn.address
+    return stats
+
+
+__all__ = ["RemoteError", "ServerHandle", "executor_for", "remote", "server_stats", "start_server"]

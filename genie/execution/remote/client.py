@@ -1,0 +1,483 @@
+"""The client's side: a connection to a genie server and the executor that ships plans to it.
+
+One materialization is one round trip: the plan's structure travels once per fingerprint (the
+server keeps it), then only the fingerprint and the per-run data (see session.py). Values the
+plan keeps stay on the server as ``RemoteValue`` handles on the client's nodes; inputs that live
+in this process are uploaded once and then stay resident too. Reading a value (``.cpu()``,
+``.item()``) brings it back in the same round trip as the run that computes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import socket
+import threading
+from collections import OrderedDict
+
+import torch
+
+from ...capture.rng import SPENT, _seed_state
+from ...graph.node import Node, TensorSpec, getitem
+from ..base import Executor
+from . import shm, wire
+from .handle import RemoteValue
+from .wire import INLINE_MAX, Blob, Kind, Ref
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("GENIE_REMOTE_TIMEOUT_S", "60"))
+
+_ERRORS = {e.__name__: e for e in (RuntimeError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
+                                    ZeroDivisionError, OverflowError, MemoryError, torch.OutOfMemoryError)}
+
+
+class RemoteError(ConnectionError):
+    """The server cannot be reached or broke the protocol; names the server and its address."""
+
+
+class _UnknownStructure(Exception):
+    pass
+
+
+def _wire_name(target) -> str:
+    if target is getitem:
+        return "genie::getitem"
+    if target is _seed_state:
+        return "genie::manual_seed"
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        raise TypeError(f"genie remote: node target {target!r} has no schema and cannot be sent to a server")
+    return f"{schema.name}.{target._overloadname}"
+
+
+class Connection:
+    """One TCP connection to a server, its resident values and the structures it has been sent."""
+
+    def __init__(self, host: str, port: int, token: str, timeout: float = DEFAULT_TIMEOUT_S):
+        self.address = f"{host}:{port}"
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._frees: list[int] = []
+        self.known: set[bytes] = set()  # fingerprints this server holds from us
+        self.dead: str | None = None
+        self.bytes_up = self.bytes_down = 0
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            raise RemoteError(f"genie: cannot connect to server {self.address}: {e}") from None
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        probe = None
+        hello = {"token": token, "version": wire.VERSION, "pid": os.getpid()}
+        if shm.available():
+            # the server proves it shares this host's memory by reading a nonce from a segment
+            probe = shm.Segment.create(16)
+            nonce = secrets.token_bytes(16)
+            probe.tensor.copy_(torch.frombuffer(bytearray(nonce), dtype=torch.uint8))
+            hello["shm"] = probe.name
+            hello["nonce"] = nonce
+        try:
+            kind, reply = self._exchange(Kind.HELLO, hello)
+        finally:
+            if probe is not None:
+                probe.unlink()
+        if kind is not Kind.WELCOME:
+            self.sock.close()
+            raise RemoteError(f"genie: server {self.address} refused the connection: {reply.get('message', reply)}")
+        self.device = reply.get("device")
+        self.shm = bool(reply.get("shm"))
+
+    # ---------------------------------------------------------------- requests
+
+    def _exchange(self, kind, msg, streams=(), downloads=None):
+        """Send one request (and its streamed tensor bytes); read the answer. Any transport failure
+        or timeout kills the connection with an error naming the server."""
+        if self.dead is not None:
+            raise RemoteError(f"genie: server {self.address} is gone ({self.dead})")
+        try:
+            wire.send_message(self.sock, kind, msg)
+            for raw in streams:
+                wire.send_stream(self.sock, memoryview(raw.numpy()))
+            rkind, reply = wire.recv_message(self.sock)
+            if not isinstance(reply, dict):
+                raise wire.ProtocolError("answer is not a map")
+            tensors = self._receive(reply.get("tensors", ()), downloads or {}) if rkind is Kind.DONE else None
+            return rkind, (reply if tensors is None else {**reply, "tensors": tensors})
+        except (OSError, wire.ProtocolError) as e:
+            self._kill(e)
+            what = "did not answer within the timeout" if isinstance(e, TimeoutError) else "is unreachable"
+            raise RemoteError(f"genie: server {self.address} {what}: {type(e).__name__}: {e}") from None
+
+    def _kill(self, why) -> None:
+        self.dead = f"{type(why).__name__}: {why}"
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _receive(self, descriptors, downloads) -> list:
+        out = []
+        for k, d in enumerate(descriptors):
+            header = wire.check_header(d.get("h"))
+            nbytes = header[4]
+            if "data" in d:
+                data = d["data"]
+                if not isinstance(data, bytes) or len(data) != nbytes:
+                    raise wire.ProtocolError("inline tensor bytes do not match their header")
+                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+            elif "shm" in d:
+                seg = downloads.get(k)
+                if seg is None or d["shm"] != seg.name or nbytes > seg.nbytes:
+                    raise wire.ProtocolError("answer names a shared-memory segment that was not offered")
+                raw = seg.tensor[:nbytes]
+            else:
+                raw = torch.empty(nbytes, dtype=torch.uint8)
+                wire.recv_stream(self.sock, memoryview(raw.numpy()))
+            self.bytes_down += nbytes
+            out.append(wire.tensor_from(raw, header))
+        return out
+
+    def call(self, kind, msg, streams=(), downloads=None) -> dict:
+        """A request whose answer is DONE; an ERROR is raised as the server's exception type."""
+        with self._lock:
+            msg["free"] = self.take_frees()
+            rkind, reply = self._exchange(kind, msg, streams, downloads)
+        if rkind is Kind.ERROR:
+            if reply.get("unknown_structure"):
+                raise _UnknownStructure()
+            exc = _ERRORS.get(reply.get("type"), RuntimeError)
+            raise exc(f"{reply.get('message')} [genie server {self.address}]")
+        if rkind is not Kind.DONE:
+            self._kill(f"unexpected {rkind.name} answer")
+            raise RemoteError(f"genie: server {self.address} answered {rkind.name} to {Kind(kind).name}")
+        return reply
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def release(self, vid: int) -> None:
+        self._frees.append(vid)  # from __del__: no lock, a list append is atomic
+
+    def take_frees(self) -> list:
+        frees, self._frees = self._frees, []
+        return frees
+
+    # ---------------------------------------------------------------- tensors
+
+    def upload(self, t: torch.Tensor, start: int, nbytes: int, descriptors: list, streams: list, segments: list) -> Blob:
+        """Describe ``t`` (bytes ``[start, start + nbytes)`` of its storage) for a message."""
+        if t.layout != torch.strided:
+            raise NotImplementedError(f"genie remote: {t.layout} tensors cannot be sent to a server")
+        if t.device.type != "cpu":
+            t = t.cpu()
+        header = wire.tensor_header(t, start, nbytes)
+        raw = wire.raw_bytes(t, start, nbytes)
+        if nbytes <= INLINE_MAX:
+            descriptors.append({"h": header, "data": raw.numpy().tobytes()})
+        elif self.shm:
+            seg = shm.Segment.create(nbytes)
+            seg.tensor.copy_(raw)
+            segments.append(seg)
+            descriptors.append({"h": header, "shm": seg.name})
+        else:
+            streams.append(raw)
+            descriptors.append({"h": header, "stream": True})
+        self.bytes_up += nbytes
+        return Blob(len(descriptors) - 1)
+
+    def download_offer(self, specs) -> tuple[list, dict]:
+        """Shared-memory segments for tensors the answer will carry (by their specs' extents)."""
+        names, segs = [], {}
+        for k, spec in enumerate(specs):
+            n = _extent_of_spec(spec) if self.shm and spec is not None else 0
+            if n > INLINE_MAX:
+                segs[k] = shm.Segment.create(n)
+                names.append(segs[k].name)
+            else:
+                names.append(None)
+        return names, segs
+
+    def fetch(self, value: RemoteValue, spec=None, index=None) -> torch.Tensor:
+        """The tensor behind ``value`` (item ``index`` of a multi-output value), in this process."""
+        if value.conn is not self:
+            return value.conn.fetch(value, spec, index)
+        names, segs = self.download_offer([spec])
+        try:
+            reply = self.call(Kind.FETCH, {"ids": [[value.id, index]], "to": names}, downloads=segs)
+        finally:
+            for s in segs.values():
+                s.unlink()
+        return reply["tensors"][0]
+
+    def stats(self) -> dict:
+        return self.call(Kind.STATS, {})
+
+    def close(self) -> None:
+        with self._lock:
+            if self.dead is None:
+                self._kill("closed by the client")
+                self.dead = "closed by the client"
+
+
+def _extent_of_spec(spec: TensorSpec) -> int:
+    if spec.__class__ is not TensorSpec or spec.layout != torch.strided:
+        return 0
+    if any(n == 0 for n in spec.shape):
+        return 0
+    last = sum((n - 1) * s for n, s in zip(spec.shape, spec.stride))
+    return (last + 1) * spec.dtype.itemsize
+
+
+_spec_wire: dict[int, tuple] = {}
+
+
+def _encode_spec(s: TensorSpec) -> list:
+    hit = _spec_wire.get(id(s))
+    if hit is not None and hit[0] is s:
+        return hit[1]
+    enc = [list(s.shape), list(s.stride), s.offset, wire.dtype_name(s.dtype), s.storage_nbytes, s.conj, s.neg,
+           str(s.layout).removeprefix("torch.")]
+    _spec_wire[id(s)] = (s, enc)
+    return enc
+
+
+class Template:
+    """What a fingerprint means on the wire, worked out once per fingerprint from a plan of it.
+
+    The walk mirrors ``scheduler._encode`` exactly: every argument that is not a node of the plan
+    takes the next input slot, so ``plan.inputs`` is the per-run slot data as it stands, and
+    ``plan.specs`` holds each node's spec and each external node's spec at fixed positions."""
+
+    __slots__ = ("raw", "fp", "node_spec_pos", "ext_slots", "ext_rng", "keep", "seeds", "rng_live",
+                 "rng_consumed", "annotated", "n")
+
+    def __init__(self, plan):
+        nodes = plan.nodes
+        pos = {id(n): i for i, n in enumerate(nodes)}
+        slot = 0
+        spec_pos = 0
+        ext_slots = []  # (slot, position of its spec in plan.specs, path to the argument)
+        node_spec_pos = []
+
+        def item(a, path):
+            nonlocal slot, spec_pos
+            c = a.__class__
+            if c is Node:
+                j = pos.get(id(a))
+                if j is not None:
+                    return j
+                ext_slots.append((slot, spec_pos, path))
+                spec_pos += 1
+            elif c is tuple or c is list:
+                for x in a:
+                    if x.__class__ is not int:
+                        return [item(x, path + (k,)) for k, x in enumerate(a)]
+            elif isinstance(a, torch.Tensor):
+                spec_pos += 1
+            slot += 1
+            return -slot
+
+        records = []
+        ext_rng, annotated, seeds, rng_nodes, consumed = [], [], [], [], set()
+        for i, n in enumerate(nodes):
+            node_spec_pos.append(spec_pos)
+            spec_pos += 1
+            args = [item(a, (i, "a", k)) for k, a in enumerate(n.args)]
+            kwargs = [[name, item(a, (i, "k", name))] for name, a in n.kwargs.items()] if n.kwargs else []
+            rng = n.rng
+            link = None
+            if rng.__class__ is Node:
+                j = pos.get(id(rng))
+                if j is None:
+                    link = -1
+                    ext_rng.append(i)
+                else:
+                    link = j
+                    consumed.add(j)
+                rng_nodes.append(i)
+            if n.target is _seed_state:
+                seeds.append(i)
+                rng_nodes.append(i)
+            if n.annotations is not None:
+                annotated.append(i)
+            records.append([_wire_name(n.target), args, kwargs, link])
+        self.raw = wire.pack(records)
+        self.fp = hashlib.blake2b(self.raw, digest_size=16).digest()
+        self.node_spec_pos = node_spec_pos
+        self.ext_slots = ext_slots
+        self.ext_rng = ext_rng
+        self.annotated = annotated
+        self.seeds = set(seeds)
+        self.keep = [i for i, k in enumerate(plan.kept) if k and i not in self.seeds]
+        self.rng_live = [i for i in rng_nodes if i not in consumed]
+        self.rng_consumed = sorted(consumed)
+        self.n = len(nodes)
+
+
+def _locate(nodes, path) -> Node:
+    i, where, key, *rest = path
+    n = nodes[i]
+    a = n.args[key] if where == "a" else n.kwargs[key]
+    for k in rest:
+        a = a[k]
+    return a
+
+
+_ANN_KEYS = ("grad_enabled", "default_dtype", "reads_written")
+
+
+class RemoteExecutor(Executor):
+    """Runs plans on a server. ``replays``: plans come with fingerprints, on which structures are
+    sent once."""
+
+    replays = True
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.device = torch.device("cpu")  # where values read back on this side live
+        self._templates: OrderedDict = OrderedDict()
+        self.last_mode = "remote"
+        self.last_up = self.last_down = 0
+
+    def run_node(self, node):  # plans run whole, on the server
+        raise NotImplementedError("RemoteExecutor runs whole plans")
+
+    def _template(self, plan) -> Template:
+        key = plan.key
+        if key is None:
+            return Template(plan)
+        try:
+            t = self._templates.get(key)
+        except TypeError:  # an unhashable atom: nothing to cache on
+            return Template(plan)
+        if t is None:
+            t = self._templates[key] = Template(plan)
+            if len(self._templates) > 1024:
+                self._templates.popitem(last=False)
+        else:
+            self._templates.move_to_end(key)
+        return t
+
+    def execute(self, plan) -> None:
+        if plan.key is None:  # too large to fingerprint: encode it anyway (slots as _encode would)
+            from ..scheduler import _encode
+            _encode(plan, plan.nodes)
+        tpl = self._template(plan)
+        conn = self.conn
+        up0, down0 = conn.bytes_up, conn.bytes_down
+        try:
+            self._run(plan, tpl, resend=tpl.fp not in conn.known)
+        except _UnknownStructure:  # evicted on the server: once more, whole
+            conn.known.discard(tpl.fp)
+            self._run(plan, tpl, resend=True)
+        self.last_up, self.last_down = conn.bytes_up - up0, conn.bytes_down - down0
+
+    def _run(self, plan, tpl: Template, resend: bool) -> None:
+        conn = self.conn
+        nodes = plan.nodes
+        specs = plan.specs
+        table: list = []
+        index: dict = {}
+
+        def sidx(s):
+            if s is None:
+                return None
+            if s.__class__ is tuple:
+                return [sidx(x) for x in s]
+            k = index.get(id(s))
+            if k is None:
+                k = index[id(s)] = len(table)
+                table.append(_encode_spec(s))
+            return k
+
+        descriptors, streams, segments, uploads = [], [], [], []
+        inputs = []
+        ext_at = {slot: (sp, path) for slot, sp, path in tpl.ext_slots}
+        for k, v in enumerate(plan.inputs):
+            c = v.__class__
+            if c is RemoteValue:
+                if v.conn is conn:
+                    inputs.append(Ref(v.id))
+                    continue
+                v = v.fetch(specs[ext_at[k][0]] if k in ext_at else None)  # resident on another server
+                c = v.__class__
+            if isinstance(v, torch.Tensor):
+                if k in ext_at:  # a materialized node's value: its whole storage, and keep it there
+                    spec = specs[ext_at[k][0]]
+                    nbytes = max(spec.storage_nbytes, sum(wire.extent(v)) if v.numel() else 0)
+                    inputs.append(conn.upload(v, 0, nbytes, descriptors, streams, segments))
+                    uploads.append((k, conn.new_id()))
+                else:
+                    start, n = wire.extent(v)
+                    inputs.append(conn.upload(v, start, n, descriptors, streams, segments))
+            elif c is tuple and k in ext_at:
+                raise NotImplementedError("genie remote: a multi-output value held in this process cannot be sent")
+            else:
+                inputs.append(v)
+        rng = []
+        for i in tpl.ext_rng:
+            state = nodes[i].rng.rng
+            if state.__class__ is RemoteValue and state.conn is conn:
+                rng.append([i, Ref(state.id)])
+            elif state.__class__ is RemoteValue or isinstance(state, torch.Tensor):
+                t = state.fetch() if state.__class__ is RemoteValue else state
+                start, n = wire.extent(t)
+                rng.append([i, conn.upload(t, start, n, descriptors, streams, segments)])
+            else:
+                n = nodes[i]
+                raise RuntimeError(f"genie: {n.op} (node %{n.id}): the generator state it starts from is gone "
+                                   "(a random value was dropped and then needed again)")
+        ann = []
+        for i in tpl.annotated:
+            a = {k: v for k, v in nodes[i].annotations.items() if k in _ANN_KEYS}
+            if "reads_written" in a:
+                a["reads_written"] = [[where, j, sidx(s)] for where, j, s in a["reads_written"]]
+            ann.append([i, a])
+        keep = [[i, conn.new_id()] for i in tpl.keep]
+        rkeep = [[i, conn.new_id()] for i in tpl.rng_live]
+        msg = {
+            "fp": tpl.fp,
+            "in": inputs,
+            "nspec": [sidx(specs[p]) for p in tpl.node_spec_pos],
+            "xspec": [[slot, sidx(specs[sp])] for slot, sp, _ in tpl.ext_slots],
+            "rng": rng, "ann": ann, "keep": keep, "rkeep": rkeep,
+            "ups": [[k, vid] for k, vid in uploads],
+            "tensors": descriptors,
+        }
+        msg["specs"] = table  # after every sidx call
+        fetch = getattr(plan, "fetched", None) is _WANTED
+        downloads = {}
+        if fetch:
+            msg["fetch"] = [len(nodes) - 1]
+            msg["to"], downloads = conn.download_offer([nodes[-1].spec])
+        if resend:
+            msg["structure"] = tpl.raw
+        try:
+            reply = conn.call(Kind.RUN, msg, streams, downloads)
+        finally:
+            for s in segments:
+                s.unlink()
+            for s in downloads.values():
+                s.unlink()
+        conn.known.add(tpl.fp)
+        self.last_mode = reply.get("mode") or "remote"
+        # the run succeeded: record where every kept value and generator state now lives
+        for i, vid in keep:
+            nodes[i].value = RemoteValue(conn, vid)
+        for i in tpl.seeds:
+            nodes[i].value = True
+        for i in tpl.ext_rng:  # before the links inside the plan lose their predecessors
+            nodes[i].rng.rng = SPENT
+        for i in tpl.rng_consumed:
+            nodes[i].rng = SPENT
+        for i, vid in rkeep:
+            nodes[i].rng = RemoteValue(conn, vid)
+        for k, vid in uploads:
+            _locate(nodes, ext_at[k][1]).value = RemoteValue(conn, vid)
+        if fetch:
+            plan.fetched = reply["tensors"][0]
+
+
+_WANTED = object()  # plan.fetched before a run: bring the target's value back with the answer
