@@ -63,6 +63,7 @@ class Connection:
         self.known: set[bytes] = set()  # fingerprints this server holds from us
         self.dead: str | None = None
         self.bytes_up = self.bytes_down = 0
+        self.runs = self.structures_sent = 0
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
@@ -176,8 +177,7 @@ class Connection:
         raw = wire.raw_bytes(t, start, nbytes)
         if nbytes <= INLINE_MAX:
             descriptors.append({"h": header, "data": raw.numpy().tobytes()})
-        elif self.shm:
-            seg = shm.Segment.create(nbytes)
+        elif self.shm and (seg := _segment(nbytes)) is not None:
             seg.tensor.copy_(raw)
             segments.append(seg)
             descriptors.append({"h": header, "shm": seg.name})
@@ -192,11 +192,10 @@ class Connection:
         names, segs = [], {}
         for k, spec in enumerate(specs):
             n = _extent_of_spec(spec) if self.shm and spec is not None else 0
-            if n > INLINE_MAX:
-                segs[k] = shm.Segment.create(n)
-                names.append(segs[k].name)
-            else:
-                names.append(None)
+            seg = _segment(n) if n > INLINE_MAX else None
+            names.append(None if seg is None else seg.name)
+            if seg is not None:
+                segs[k] = seg
         return names, segs
 
     def fetch(self, value: RemoteValue, spec=None, index=None) -> torch.Tensor:
@@ -219,6 +218,14 @@ class Connection:
             if self.dead is None:
                 self._kill("closed by the client")
                 self.dead = "closed by the client"
+
+
+def _segment(nbytes: int):
+    """A shared-memory segment, or None where /dev/shm cannot hold it (the socket carries the bytes)."""
+    try:
+        return shm.Segment.create(nbytes)
+    except OSError:
+        return None
 
 
 def _extent_of_spec(spec: TensorSpec) -> int:
@@ -250,7 +257,7 @@ class Template:
     takes the next input slot, so ``plan.inputs`` is the per-run slot data as it stands, and
     ``plan.specs`` holds each node's spec and each external node's spec at fixed positions."""
 
-    __slots__ = ("raw", "fp", "node_spec_pos", "ext_slots", "ext_rng", "keep", "seeds", "rng_live",
+    __slots__ = ("raw", "fp", "node_spec_pos", "ext_slots", "ext_rng", "keep", "seeds", "rng_live", "rng_links",
                  "rng_consumed", "annotated", "n")
 
     def __init__(self, plan):
@@ -311,9 +318,22 @@ class Template:
         self.annotated = annotated
         self.seeds = set(seeds)
         self.keep = [i for i, k in enumerate(plan.kept) if k and i not in self.seeds]
+        self.rng_links = [(i, r[3]) for i, r in enumerate(records) if r[3] is not None]
         self.rng_live = [i for i in rng_nodes if i not in consumed]
         self.rng_consumed = sorted(consumed)
         self.n = len(nodes)
+
+
+    def links_hold(self, nodes) -> bool:
+        """Whether the RNG links of ``nodes`` are the ones this template was made from. The
+        fingerprint leaves them out (local replay reads them from the nodes); after a reseed, an
+        older unexecuted random node and a newer one can share a plan with the same fingerprint
+        but other links. A link outside the plan points at an executed node."""
+        for i, j in self.rng_links:
+            rng = nodes[i].rng
+            if (rng.value is None) if j < 0 else (rng is not nodes[j]):
+                return False
+        return True
 
 
 def _locate(nodes, path) -> Node:
@@ -365,6 +385,8 @@ class RemoteExecutor(Executor):
             from ..scheduler import _encode
             _encode(plan, plan.nodes)
         tpl = self._template(plan)
+        if not tpl.links_hold(plan.nodes):  # same fingerprint, other RNG links (a reseeded chain)
+            tpl = Template(plan)
         conn = self.conn
         up0, down0 = conn.bytes_up, conn.bytes_down
         try:
@@ -454,6 +476,8 @@ class RemoteExecutor(Executor):
             msg["to"], downloads = conn.download_offer([nodes[-1].spec])
         if resend:
             msg["structure"] = tpl.raw
+            conn.structures_sent += 1
+        conn.runs += 1
         try:
             reply = conn.call(Kind.RUN, msg, streams, downloads)
         finally:

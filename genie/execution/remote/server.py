@@ -144,7 +144,7 @@ class Server:
     def _request(self, sock, session: Session, kind, msg: dict, peer: str) -> None:
         try:
             # tensor payloads are read before anything runs, so the frames stay in step on failure
-            blobs = _read_tensors(sock, msg.get("tensors", ()), session.shm, self.state.device) \
+            blobs = _read_tensors(sock, msg.get("tensors", []), session.shm, self.state.device) \
                 if kind is Kind.RUN else []
         except (ValueError, OSError) as e:
             raise wire.ProtocolError(f"tensor payload: {e}") from None

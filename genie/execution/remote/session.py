@@ -105,6 +105,7 @@ class ServerState:
         self.structures: OrderedDict = OrderedDict()
         self.limit = structures
         self.runs = 0
+        self.sessions: set = set()
 
     def structure(self, fp, raw) -> Structure:
         """The structure for fingerprint ``fp``: from ``raw`` (checked against ``fp``) or the cache."""
@@ -136,6 +137,8 @@ class Session:
     def __init__(self, state: ServerState):
         self.state = state
         self.values: dict[int, object] = {}
+        with state.lock:
+            state.sessions.add(self)
         self.last_mode = None  # how the last plan ran on the server: interpreted, compiled or replayed
 
     # ---------------------------------------------------------------- bookkeeping
@@ -148,20 +151,31 @@ class Session:
             pop(i, None)
 
     def close(self) -> None:
-        self.values.clear()
+        """The client is gone: everything it kept here is freed."""
+        with self.state.lock:
+            self.values.clear()
+            self.state.sessions.discard(self)
 
-    def stats(self) -> dict:
+    def resident_bytes(self) -> int:
+        """Bytes of the storages behind this session's values (each storage counted once)."""
         total = 0
         seen = set()
-        for v in self.values.values():
+        for v in list(self.values.values()):
             for t in (v if isinstance(v, (tuple, list)) else (v,)):
                 if isinstance(t, torch.Tensor):
                     s = t.untyped_storage()
                     if s.data_ptr() not in seen:
                         seen.add(s.data_ptr())
                         total += s.nbytes()
-        return {"resident_bytes": total, "resident_values": len(self.values), "device": str(self.state.device),
-                "structures": len(self.state.structures), "runs": self.state.runs}
+        return total
+
+    def stats(self) -> dict:
+        state = self.state
+        with state.lock:
+            sessions = list(state.sessions)
+        return {"resident_bytes": self.resident_bytes(), "resident_values": len(self.values),
+                "device": str(state.device), "structures": len(state.structures), "runs": state.runs,
+                "sessions": len(sessions), "server_resident_bytes": sum(s.resident_bytes() for s in sessions)}
 
     def lookup(self, ref: Ref):
         try:

@@ -1,0 +1,455 @@
+"""Remote execution: a genie server process owns the device; values stay resident there.
+
+Each test states what a user relies on: values equal eager's, parameters uploaded once, later
+steps sending only fingerprints and inputs, freed tensors freed on the server, every failure a
+clear error within a timeout, and a server that survives bad input from anyone who can reach it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import genie
+from genie.execution import scheduler
+from genie.execution.remote import shm, wire
+from genie.execution.remote.handle import RemoteValue
+
+from conftest import DEVICE, host
+
+
+@pytest.fixture(scope="module")
+def srv():
+    with genie.start_server() as s:
+        yield s
+
+
+@pytest.fixture
+def remote(srv):
+    with genie.remote(srv) as ex:
+        yield ex
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 8))
+
+
+# -------------------------------------------------------------------------------------------
+# the server and the handle
+
+
+def test_start_server_gives_a_handle(srv):
+    assert srv.alive() and srv.pid > 0 and len(srv.token) >= 24
+    host_, port = srv.address.rsplit(":", 1)
+    assert host_ == "127.0.0.1" and int(port) > 0
+    with genie.remote(srv):
+        host(torch.ones(2, device=DEVICE) + 1)
+    assert "connection from 127.0.0.1" in srv.log()
+
+
+def test_command_line_server_prints_its_address_and_a_token():
+    env = dict(os.environ)
+    env.pop("GENIE_SERVER_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "genie.server", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line[:3] == ["genie-server", "listening", "on"]
+        address, token = line[3], line[5].removeprefix("token=")
+        assert address.startswith("127.0.0.1:") and line[4] == "device=cpu" and len(token) >= 24
+        with genie.remote(address, token=token):
+            assert host(torch.arange(4, device=DEVICE).sum()).item() == 6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        genie.execution.remote.api._drop(address)
+
+
+# -------------------------------------------------------------------------------------------
+# exactness and residency
+
+
+def test_training_on_the_server_equals_eager(remote):
+    eager = _mlp()
+    lazy = _mlp().to(DEVICE)
+    opt_e = torch.optim.AdamW(eager.parameters(), lr=1e-2)
+    opt_l = torch.optim.AdamW(lazy.parameters(), lr=1e-2)
+    for step in range(4):
+        x, y = torch.randn(16, 32), torch.randint(0, 8, (16,))
+        torch.manual_seed(10 + step)
+        loss_e = nn.functional.cross_entropy(eager(x), y)
+        opt_e.zero_grad()
+        loss_e.backward()
+        opt_e.step()
+        torch.manual_seed(10 + step)
+        loss_l = nn.functional.cross_entropy(lazy(x.to(DEVICE)), y.to(DEVICE))
+        opt_l.zero_grad()
+        loss_l.backward()
+        opt_l.step()
+        assert loss_l.item() == loss_e.item()
+    for pe, pl in zip(eager.parameters(), lazy.parameters()):
+        torch.testing.assert_close(host(pl.detach()), pe.detach(), rtol=0, atol=0)
+        assert isinstance(pl.genie_node.value, RemoteValue)  # resident on the server, not here
+
+
+def test_parameters_upload_once_and_later_steps_send_fingerprints(remote):
+    conn = remote.conn
+    model = _mlp().to(DEVICE)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 32)
+
+    def step():
+        loss = model(x.to(DEVICE)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    up0 = conn.bytes_up
+    step()
+    first = conn.bytes_up - up0
+    assert first >= param_bytes  # the parameters went up with the first step
+    step()
+    sent, runs, up = conn.structures_sent, conn.runs, conn.bytes_up
+    for _ in range(3):
+        step()
+    assert conn.structures_sent == sent  # the same structures: fingerprints only
+    assert conn.runs - runs == 3  # one round trip per step (the loss read carries the result back)
+    per_step = (conn.bytes_up - up) / 3
+    assert per_step <= x.numel() * 4 + 64, per_step  # only the input batch goes up
+    stats = genie.server_stats()
+    assert stats["resident_bytes"] >= param_bytes
+
+
+def test_freed_tensors_are_freed_on_the_server(remote):
+    base = genie.server_stats()["resident_bytes"]
+    big = torch.ones(256, 1024, device=DEVICE) * 2  # (a random value would stay: the RNG chain holds its node)
+    genie.materialize(big)
+    assert genie.server_stats()["resident_bytes"] >= base + big.numel() * 4
+    del big
+    assert genie.server_stats()["resident_bytes"] <= base
+
+
+def test_random_values_equal_local_in_any_read_order(srv):
+    def program():
+        torch.remote_accelerator.manual_seed(7)
+        a = torch.randn(5, device=DEVICE)
+        b = torch.rand(3, device=DEVICE) + 1
+        c = nn.functional.dropout(torch.ones(8, device=DEVICE), 0.5)
+        return a, b, c
+
+    local = [host(t) for t in program()]
+    with genie.remote(srv):
+        a, b, c = program()
+        got = [host(c), host(a), host(b)]  # read in another order than made
+        state = torch.remote_accelerator.get_rng_state()
+    torch.testing.assert_close(got, [local[2], local[0], local[1]], rtol=0, atol=0)
+    assert state.dtype == torch.uint8 and state.device.type == "cpu"
+
+
+def test_views_writes_and_multi_output_values(remote):
+    x = torch.arange(12.0).reshape(3, 4)
+    lx = x.to(DEVICE)
+    v = lx[1:, ::2]
+    v.mul_(10)
+    lx.t()[0].add_(1)
+    x[1:, ::2].mul_(10)
+    x.t()[0].add_(1)
+    values, indices = lx.max(dim=1)
+    genie.materialize(values)  # the tuple-valued node stays resident; its items are read later
+    torch.testing.assert_close(host(indices), x.max(dim=1).indices)
+    torch.testing.assert_close(host(values), x.max(dim=1).values)
+    torch.testing.assert_close(host(lx), x)
+    z = torch.randn(3, 3, dtype=torch.complex64)
+    torch.testing.assert_close(host(z.to(DEVICE).conj() * 2), z.conj() * 2)
+
+
+def test_values_computed_remotely_come_back_for_local_execution(srv):
+    with genie.remote(srv):
+        y = torch.arange(6.0, device=DEVICE).reshape(2, 3) * 3
+        genie.materialize(y)
+        assert isinstance(y.genie_node.value, RemoteValue)
+    z = y.sum(0) + 1  # runs in this process: y comes back first
+    torch.testing.assert_close(host(z), (torch.arange(6.0).reshape(2, 3) * 3).sum(0) + 1)
+
+
+@pytest.mark.parametrize("via", ["shared memory", "socket"])
+def test_large_tensors_round_trip_exactly(srv, via, monkeypatch):
+    if via == "shared memory" and not shm.available():
+        pytest.skip("/dev/shm is not available on this machine")
+    if via == "socket":
+        monkeypatch.setattr(shm, "available", lambda: False)
+        genie.execution.remote.api._drop(srv.address)  # a fresh connection that offers no shared memory
+    try:
+        with genie.remote(srv) as ex:
+            assert ex.conn.shm is (via == "shared memory")
+            x = torch.randn(3, 1 << 19)  # 6 MiB: more than one chunk of the socket path
+            y = host(x.to(DEVICE)[:, 1::3] * 2)
+            torch.testing.assert_close(y, x[:, 1::3] * 2, rtol=0, atol=0)
+            b = torch.randn(1 << 18, dtype=torch.bfloat16)
+            torch.testing.assert_close(host(b.to(DEVICE).sqrt()), b.sqrt(), rtol=0, atol=0, equal_nan=True)
+    finally:
+        genie.execution.remote.api._drop(srv.address)
+
+
+# -------------------------------------------------------------------------------------------
+# sync points
+
+
+def test_sync_report_counts_a_known_program(srv):
+    x = torch.randn(4, 4)
+    for where in ("local", "remote"):
+        ctx = genie.remote(srv) if where == "remote" else _nullcontext()
+        with ctx, genie.sync_points() as report:
+            lx = x.to(DEVICE)
+            total = 0.0
+            for i in range(3):
+                total += (lx * i).sum().item()  # sync: one per iteration, on this line
+            print(lx.cpu().shape)
+        rows = {r.lineno: r for r in report.rows()}
+        loop = [r for r in rows.values() if "total +=" in r.line]
+        assert len(loop) == 1, report.table()
+        (row,) = loop
+        assert row.syncs == 3 and row.reads == 0 and row.filename == __file__
+        assert row.nodes == 2 * 3 + 2  # mul and sum each time, and the upload of x (empty, copy_) once
+        assert row.replayed + row.compiled + row.interpreted == 3
+        assert row.wait_s > 0
+        if where == "remote":
+            assert row.bytes_down == 3 * 4  # three float32 scalars came back
+        else:
+            assert row.bytes_up == row.bytes_down == 0
+        assert report.total.syncs == sum(r.syncs for r in rows.values())
+        assert "total +=" in report.table()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_sync_report_prints_the_global_table(capsys):
+    genie.sync_report(reset=True, file=False)
+    (torch.ones(2, device=DEVICE) * 3).cpu()
+    rep = genie.sync_report()
+    out = capsys.readouterr().out
+    assert "source line" in out and "test_remote.py" in out
+    assert rep.total.syncs >= 1
+
+
+# -------------------------------------------------------------------------------------------
+# failures: clear errors, within a timeout, and the session goes on
+
+
+def test_an_op_failing_on_the_server_names_the_op_and_the_session_survives(remote):
+    x = torch.ones(3, device=DEVICE)
+    idx = torch.tensor([0, 7]).to(DEVICE)  # out of range: only the kernel can tell
+    bad = x.index_select(0, idx)
+    with pytest.raises(IndexError, match=r"aten::index_select.*genie server 127\.0\.0\.1:\d+"):
+        host(bad)
+    assert bad.genie_node.value is None
+    with pytest.raises(RuntimeError, match="genie server"):
+        host(torch.empty(1 << 50, dtype=torch.uint8, device=DEVICE).fill_(1))  # no such memory
+    assert host(x * 2).tolist() == [2.0, 2.0, 2.0]  # the session survives
+
+
+def test_a_killed_server_gives_a_clear_error_and_a_new_one_works():
+    dead = genie.start_server()
+    try:
+        with genie.remote(dead):
+            w = torch.ones(4, device=DEVICE) * 2
+            genie.materialize(w)
+            dead.proc.kill()
+            dead.proc.wait(10)
+            t0 = time.monotonic()
+            with pytest.raises(genie.RemoteError, match=dead.address):
+                host(w + 1)
+            assert time.monotonic() - t0 < 30
+            with pytest.raises(genie.RemoteError, match=dead.address):
+                host(w)
+    finally:
+        dead.close()
+    with genie.start_server() as fresh, genie.remote(fresh):
+        assert host(torch.ones(2, device=DEVICE) + 2).tolist() == [3.0, 3.0]
+
+
+def _raw(srv, payload: bytes, read: bool = True) -> bytes:
+    host_, port = srv.address.rsplit(":", 1)
+    with socket.create_connection((host_, int(port)), timeout=20) as s:
+        s.sendall(payload)
+        if not read:
+            return b""
+        s.settimeout(20)
+        chunks = []
+        while True:
+            try:
+                b = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+
+
+def _frame(kind, body: bytes, version=wire.VERSION, length=None) -> bytes:
+    return wire.HEADER.pack(wire.MAGIC, version, kind, len(body) if length is None else length) + body
+
+
+def _error_of(answer: bytes) -> str:
+    magic, _v, kind, length = wire.HEADER.unpack(answer[:wire.HEADER.size])
+    assert magic == wire.MAGIC and kind == wire.Kind.ERROR
+    return wire.unpack(answer[wire.HEADER.size:wire.HEADER.size + length])["message"]
+
+
+@pytest.mark.parametrize("case", ["garbage", "http", "oversized", "wrong version", "wrong token", "not hello",
+                                  "truncated", "bad msgpack"])
+def test_bad_input_is_refused_and_the_server_keeps_serving(srv, case):
+    hello = wire.pack({"token": srv.token, "version": wire.VERSION})
+    payloads = {
+        "garbage": os.urandom(64),
+        "http": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "oversized": _frame(wire.Kind.HELLO, b"", length=1 << 40),
+        "wrong version": _frame(wire.Kind.HELLO, hello, version=wire.VERSION + 1),
+        "wrong token": _frame(wire.Kind.HELLO, wire.pack({"token": "x" * 32, "version": wire.VERSION})),
+        "not hello": _frame(wire.Kind.RUN, wire.pack({"fp": b"0" * 16})),
+        "truncated": _frame(wire.Kind.HELLO, hello)[:-5],
+        "bad msgpack": _frame(wire.Kind.HELLO, b"\xc1\xc1\xc1"),
+    }
+    if case == "truncated":
+        # the server waits for the rest within its handshake timeout; the client hangs up first
+        _raw(srv, payloads[case], read=False)
+    else:
+        answer = _raw(srv, payloads[case])
+        message = _error_of(answer)
+        expected = {"garbage": "not a genie frame", "http": "not a genie frame", "oversized": "over the limit",
+                    "wrong version": "version", "wrong token": "wrong token", "not hello": "expected HELLO",
+                    "bad msgpack": "malformed"}[case]
+        assert expected in message
+    with genie.remote(srv):  # others are still served
+        assert host(torch.full((2,), 5.0, device=DEVICE) - 1).tolist() == [4.0, 4.0]
+
+
+def test_bad_requests_after_the_handshake_get_errors_and_the_connection_goes_on(remote):
+    conn = remote.conn
+    with pytest.raises(ValueError, match="fingerprint"):
+        conn.call(wire.Kind.RUN, {"fp": b"short", "in": [], "nspec": []})
+    with pytest.raises(ValueError, match="does not match its fingerprint"):
+        conn.call(wire.Kind.RUN, {"fp": b"0" * 16, "structure": wire.pack([["aten::add.Tensor", [], [], None]]),
+                                  "in": [], "nspec": [None]})
+    with pytest.raises(ValueError, match="no resident value"):
+        conn.call(wire.Kind.FETCH, {"ids": [[123456789, None]]})
+    assert host(torch.ones(1, device=DEVICE) * 4).item() == 4.0
+
+
+def test_ops_that_touch_the_servers_files_are_refused():
+    from genie.execution.remote.session import resolve_op
+    from genie.execution.remote.wire import ProtocolError
+    with pytest.raises(ProtocolError, match="server's files"):
+        resolve_op("aten::from_file.default")
+    for name in ("os.system", "aten::add", "../x::y.z", "aten::__class__.default", 7):
+        with pytest.raises(ProtocolError):
+            resolve_op(name)
+
+
+def test_two_clients_at_once_get_their_own_results_and_a_gone_client_is_freed(srv):
+    code = textwrap.dedent("""
+        import torch, genie
+        x = torch.arange(1000.0, device="remote_accelerator")
+        for i in range(30):
+            y = (x * i).sum().item()
+            assert y == 499500.0 * i, y
+        keep = torch.randn(1 << 18, device="remote_accelerator")
+        genie.materialize(keep)
+        print("ok", genie.server_stats()["sessions"], flush=True)
+    """)
+    env = dict(os.environ, GENIE_SERVERS=srv.address, GENIE_SERVER_TOKEN=srv.token)
+    other = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    with genie.remote(srv):
+        x = torch.arange(10.0, device=DEVICE)
+        for i in range(30):
+            assert host((x + i).sum()).item() == 45.0 + 10 * i
+        out, err = other.communicate(timeout=120)
+        assert other.returncode == 0, err
+        assert out.startswith("ok ")
+        deadline = time.monotonic() + 20
+        while genie.server_stats()["sessions"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices the other client's disconnect
+        stats = genie.server_stats()
+        assert stats["sessions"] == 1 and stats["server_resident_bytes"] == stats["resident_bytes"]
+
+
+# -------------------------------------------------------------------------------------------
+# the wire format
+
+
+def test_wire_values_round_trip_and_unknown_extensions_are_refused():
+    import msgpack
+    values = [None, True, 3, -2.5, "x", [1, 2], torch.float16, torch.device("cpu"), torch.channels_last,
+              torch.strided, 1 + 2j, wire.Ref(5), wire.Blob(2), (3, 4)]
+    back = wire.unpack(wire.pack(values))
+    assert back[:-1] == values[:-1] and back[-1] == [3, 4]
+    for code, data in [(99, b""), (wire.EXT_DTYPE, b"os.system"), (wire.EXT_DEVICE, b"cpu; rm -rf /"),
+                       (wire.EXT_REF, b"123")]:
+        with pytest.raises(wire.ProtocolError):
+            wire.unpack(msgpack.packb(msgpack.ExtType(code, data)))
+    with pytest.raises(TypeError):
+        wire.pack(object())
+
+
+def test_tensor_headers_are_checked_against_the_bytes_sent():
+    ok = {"dtype": "float32", "shape": [2, 3], "stride": [3, 1], "offset": 0, "nbytes": 24}
+    wire.check_header(ok)
+    for bad in ({**ok, "nbytes": 20}, {**ok, "offset": 1}, {**ok, "shape": [2, -3]}, {**ok, "dtype": "object"},
+                {**ok, "stride": [3]}, {**ok, "nbytes": 1 << 50}, "x"):
+        with pytest.raises(wire.ProtocolError):
+            wire.check_header(bad)
+
+
+def test_random_bytes_never_break_the_parsers():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from genie.execution.remote.session import Structure
+
+    @given(st.binary(max_size=256))
+    def check(data):
+        for parse in (wire.unpack, lambda d: wire.parse_header(d.ljust(wire.HEADER.size, b"\0")[:wire.HEADER.size])):
+            try:
+                parse(data)
+            except wire.ProtocolError:
+                pass
+        try:
+            Structure(wire.unpack(data))
+        except wire.ProtocolError:
+            pass
+
+    check()
+
+
+def test_the_frame_header_is_fixed_and_versioned():
+    assert wire.HEADER.size == 16 and wire.HEADER.format == "!4sHHQ"
+    assert struct.unpack("!4s", wire.HEADER.pack(wire.MAGIC, 1, 1, 0)[:4])[0] == b"GNIE"
+
+
+def test_the_executor_outside_a_remote_block_is_the_previous_one(srv):
+    before = scheduler.get_executor()
+    with genie.remote(srv) as ex:
+        assert scheduler.get_executor() is ex
+    assert scheduler.get_executor() is before
+    gc.collect()
