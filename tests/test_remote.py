@@ -223,7 +223,7 @@ def test_sync_report_counts_a_known_program(srv):
         assert len(loop) == 1, report.table()
         (row,) = loop
         assert row.syncs == 3 and row.reads == 0 and row.filename == __file__
-        assert row.nodes == 2 * 3 + 2  # mul and sum each time, and the upload of x (empty, copy_) once
+        assert row.nodes == 2 * 3  # mul and sum each time (x.to(device) holds its copy from the call on)
         assert row.replayed + row.compiled + row.interpreted == 3
         assert row.wait_s > 0
         if where == "remote":
@@ -453,3 +453,44 @@ def test_the_executor_outside_a_remote_block_is_the_previous_one(srv):
         assert scheduler.get_executor() is ex
     assert scheduler.get_executor() is before
     gc.collect()
+
+
+# -------------------------------------------------------------------------------------------
+# uploads: x.to(device) holds one copy, made where the executor keeps inputs
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_an_upload_is_one_copy_taken_at_the_call(srv, where):
+    ctx = genie.remote(srv) if where == "remote" else _nullcontext()
+    with ctx:
+        for src in (torch.randn(300, 200), torch.randn(200, 300).t(), torch.randn(8, 4)):  # big, permuted, small
+            before = src.clone()
+            lx = src.to(DEVICE)
+            assert lx.genie_node.value is not None and not lx.genie_node.args  # materialized at the call
+            assert lx.stride() == src.stride()
+            src.add_(1)  # eager copied at the call: later writes to the source do not show
+            torch.testing.assert_close(host(lx * 1), before, rtol=0, atol=0)
+        strided = torch.randn(6, 8)[:, ::2]  # not dense: captured as a copy on the device
+        ls = strided.to(DEVICE)
+        assert ls.genie_node.value is None
+        torch.testing.assert_close(host(ls), strided, rtol=0, atol=0)
+
+
+def test_large_uploads_live_in_shared_memory_until_the_server_maps_them(remote):
+    if not remote.conn.shm:
+        pytest.skip("no shared memory with this server")
+    src = torch.randn(512, 512)
+    lx = src.to(DEVICE)
+    value = lx.genie_node.value
+    seg = shm.registered(value)
+    assert seg is not None and seg.nbytes == src.numel() * 4
+    up = remote.conn.bytes_up
+    genie.materialize(lx)  # made resident: the segment is named, not copied
+    assert isinstance(lx.genie_node.value, RemoteValue)
+    assert remote.conn.bytes_up - up == src.numel() * 4
+    assert not os.path.exists(os.path.join(shm.ROOT, seg.name))  # unlinked once the server mapped it
+    out = lx.cpu()
+    assert type(out) is torch.Tensor and out.is_contiguous()
+    torch.testing.assert_close(out, src, rtol=0, atol=0)
+    torch.testing.assert_close(lx.cpu(), src, rtol=0, atol=0)  # every read is a new tensor
+    assert lx.cpu().data_ptr() != out.data_ptr()

@@ -39,8 +39,9 @@ def test_repeated_structure_compiles_once_and_replays_exactly(programs):
         expected = torch.relu(x @ w + step).sum(0)
         got = host(torch.relu(x.to(DEVICE) @ lw + step).sum(0))
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    # the upload of w and run 1 interpreted, run 2 compiled (checked), runs 3-5 replayed unchecked
-    assert programs.compiles == 1 and programs.hits == 3 and programs.misses == 3
+    # run 1 interpreted, run 2 compiled (checked), runs 3-5 replayed unchecked (w.to(device) and
+    # x.to(device) hold their copies from the call on: no plan runs for them)
+    assert programs.compiles == 1 and programs.hits == 3 and programs.misses == 2
     (prog,) = programs._programs.values()
     assert prog.runs == 4 and len(prog.verified) == 1
     assert prog.code.startswith("def run(I, N, G, C):")  # inspectable Python, one line per node

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from ..graph.node import op_name
+from ..graph.node import _EMPTY, Node, op_name
 from . import device_choice, dispatch
 from ._tls import eager_kernels
 from .dispatch import DEVICE_TYPE, FALLTHROUGH, value_of
 from .schema import classify
 
 aten = torch.ops.aten
+_dense = torch._prims_common.is_non_overlapping_and_dense_or_false
 
 
 def _to_copy(func, args, kwargs):
@@ -24,8 +25,37 @@ def _to_copy(func, args, kwargs):
     # leaving the device: .cpu(), .to("cpu"), .to("cuda")
     src = args[0]
     value = value_of(src)
+    if getattr(value, "_genie_private", False) and len(args) == 1 and _as_is(value, kwargs):
+        # fresh memory just brought from a server, laid out as eager's copy would be: it is the copy
+        del value._genie_private
+        return value
     with eager_kernels():
         return func(value, *args[1:], **kwargs)
+
+
+def _as_is(value, kwargs) -> bool:
+    """Whether ``_to_copy(value, **kwargs)`` would only copy ``value`` (a dense CPU tensor starting
+    its own storage) into an identical tensor."""
+    for k, v in kwargs.items():
+        if k == "device":
+            if torch.device(v).type != "cpu":
+                return False
+        elif k == "dtype":
+            if v is not None and v != value.dtype:
+                return False
+        elif k == "layout":
+            if v not in (None, torch.strided):
+                return False
+        elif k == "memory_format":
+            if v not in (None, torch.preserve_format):
+                return False
+        elif k in ("pin_memory", "non_blocking"):
+            if v:
+                return False
+        else:
+            return False
+    return value.storage_offset() == 0 and _dense(value) and \
+        value.untyped_storage().nbytes() == value.numel() * value.element_size()
 
 
 def _copy_(func, args, kwargs):
@@ -40,7 +70,27 @@ def _copy_(func, args, kwargs):
         with eager_kernels():
             dst.copy_(value, *args[2:], **kwargs)
         return dst
+    if src.__class__ is torch.Tensor and src.device.type == "cpu" and dst._storage is None:
+        return _adopt(func, dst, src)
     return FALLTHROUGH
+
+
+def _adopt(func, dst, src):
+    """An upload that covers ``dst`` whole (``x.to(device)``: a fresh tensor, a host source of its
+    dtype and layout) becomes a materialized node holding a copy of the source made by the executor,
+    where the value will live: one copy, as eager makes, instead of a snapshot and then a copy on
+    the device. A remote executor makes it in shared memory, which the server maps as it is."""
+    spec = dst._spec
+    if src.dtype != spec.dtype or src.shape != spec.shape or src.stride() != spec.stride or spec.offset \
+            or src.is_conj() or src.is_neg() or spec.conj or spec.neg or not _dense(src) \
+            or src.numel() * src.element_size() != spec.storage_nbytes or src.requires_grad:
+        return FALLTHROUGH
+    from ..execution.scheduler import get_executor
+    value = get_executor().adopt(src)
+    if value is None:
+        return FALLTHROUGH
+    dst._node = Node(func, (), _EMPTY, spec, value=value)
+    return dst
 
 
 def _is_pinned(func, args, kwargs):

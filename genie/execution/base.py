@@ -25,6 +25,11 @@ class Executor(abc.ABC):
     def execute(self, plan) -> None:
         self.interpret(plan)
 
+    def adopt(self, src: torch.Tensor):
+        """A copy of host tensor ``src``, same layout, where this executor keeps input values (the
+        value of ``x.to(device)``); None: capture the copy as an op instead."""
+        return None
+
     def interpret(self, plan) -> None:
         """Run every node of ``plan`` in order, dropping each value that is not kept as soon as its
         last consumer in the plan has run."""

@@ -291,6 +291,14 @@ def materialize(node: Node, local: bool = False):
             down = conn.bytes_down
             value = conn.fetch(value, node.spec)
             syncs.record(0, "read", 0, conn.bytes_down - down, perf_counter() - t0)
+        elif not local and value.__class__ is torch.Tensor and _executor is not None \
+                and _executor.__class__ is not _LocalExecutor and hasattr(_executor, "put"):
+            # held in this process (an upload not yet used): materializing makes it resident there
+            t0 = perf_counter()
+            with _lock:
+                if node.value is value:
+                    _executor.put(node)
+            syncs.record(0, "put", _executor.last_up, 0, perf_counter() - t0)
         return value
     if not _lock.acquire(timeout=LOCK_TIMEOUT_S):
         raise TimeoutError(f"genie: waited {LOCK_TIMEOUT_S:.0f} s for another thread's materialization "

@@ -35,6 +35,7 @@ class SyncSite:
     compiled: int = 0
     interpreted: int = 0
     reads: int = 0  # reads of values computed earlier (no nodes ran)
+    puts: int = 0  # values held here made resident on a server
     bytes_up: int = 0
     bytes_down: int = 0
     wait_s: float = 0.0
@@ -55,7 +56,7 @@ class SyncReport:
     def total(self) -> SyncSite:
         t = SyncSite("<total>", 0, "")
         for s in self.sites.values():
-            for f in ("syncs", "nodes", "replayed", "compiled", "interpreted", "reads", "bytes_up", "bytes_down",
+            for f in ("syncs", "nodes", "replayed", "compiled", "interpreted", "reads", "puts", "bytes_up", "bytes_down",
                       "wait_s"):
                 setattr(t, f, getattr(t, f) + getattr(s, f))
         return t
@@ -72,6 +73,8 @@ class SyncReport:
         site.nodes += nodes
         if mode == "read":
             site.reads += 1
+        elif mode == "put":
+            site.puts += 1
         elif mode in ("replayed", "compiled", "interpreted"):
             setattr(site, mode, getattr(site, mode) + 1)
         site.bytes_up += up

@@ -137,7 +137,9 @@ class Connection:
                 raw = torch.empty(nbytes, dtype=torch.uint8)
                 wire.recv_stream(self.sock, memoryview(raw.numpy()))
             self.bytes_down += nbytes
-            out.append(wire.tensor_from(raw, header))
+            t = wire.tensor_from(raw, header)
+            t._genie_private = True  # fresh memory nobody else holds (special_ops._to_copy may hand it out)
+            out.append(t)
         return out
 
     def call(self, kind, msg, streams=(), downloads=None) -> dict:
@@ -174,6 +176,12 @@ class Connection:
         if t.device.type != "cpu":
             t = t.cpu()
         header = wire.tensor_header(t, start, nbytes)
+        seg = shm.registered(t) if start == 0 and self.shm else None
+        if seg is not None and seg.nbytes == nbytes:  # already in shared memory (adopt): no copy
+            segments.append(seg)
+            descriptors.append({"h": header, "shm": seg.name})
+            self.bytes_up += nbytes
+            return Blob(len(descriptors) - 1)
         raw = wire.raw_bytes(t, start, nbytes)
         if nbytes <= INLINE_MAX:
             descriptors.append({"h": header, "data": raw.numpy().tobytes()})
@@ -360,6 +368,39 @@ class RemoteExecutor(Executor):
         self._templates: OrderedDict = OrderedDict()
         self.last_mode = "remote"
         self.last_up = self.last_down = 0
+
+    def adopt(self, src: torch.Tensor):
+        """Large sources are copied into shared memory, which the server maps as the resident value."""
+        nbytes = src.numel() * src.element_size()
+        conn = self.conn
+        if conn.dead is not None or not conn.shm or nbytes <= INLINE_MAX:
+            return src.detach().clone()
+        seg = _segment(nbytes)
+        if seg is None:
+            return src.detach().clone()
+        out = torch.empty(0, dtype=src.dtype).set_(seg.tensor.untyped_storage(), 0, src.shape, src.stride())
+        out.copy_(src)
+        shm.register(out, seg)
+        return out
+
+    def put(self, node: Node) -> None:
+        """Make ``node``'s value, held in this process, resident on the server."""
+        value = node.value
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"genie remote: {node!r} holds {type(value).__name__}, not a tensor")
+        conn = self.conn
+        descriptors, streams, segments = [], [], []
+        nbytes = max(node.spec.storage_nbytes, sum(wire.extent(value)) if value.numel() else 0)
+        conn.upload(value, 0, nbytes, descriptors, streams, segments)
+        vid = conn.new_id()
+        up = conn.bytes_up
+        try:
+            conn.call(Kind.PUT, {"ids": [vid], "tensors": descriptors}, streams)
+        finally:
+            for s in segments:
+                s.unlink()
+        node.value = RemoteValue(conn, vid)
+        self.last_mode, self.last_up, self.last_down = "put", conn.bytes_up - up, 0
 
     def run_node(self, node):  # plans run whole, on the server
         raise NotImplementedError("RemoteExecutor runs whole plans")

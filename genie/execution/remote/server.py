@@ -145,7 +145,7 @@ class Server:
         try:
             # tensor payloads are read before anything runs, so the frames stay in step on failure
             blobs = _read_tensors(sock, msg.get("tensors", []), session.shm, self.state.device) \
-                if kind is Kind.RUN else []
+                if kind in (Kind.RUN, Kind.PUT) else []
         except (ValueError, OSError) as e:
             raise wire.ProtocolError(f"tensor payload: {e}") from None
         try:
@@ -157,6 +157,8 @@ class Server:
             elif kind is Kind.FETCH:
                 out = session.fetch(msg.get("ids", []))
                 reply = {}
+            elif kind is Kind.PUT:
+                out, reply = session.put(msg.get("ids", []), blobs), {}
             elif kind is Kind.STATS:
                 out, reply = [], session.stats()
             elif kind is Kind.FREE:

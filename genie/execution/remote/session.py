@@ -183,6 +183,13 @@ class Session:
         except KeyError:
             raise ProtocolError(f"no resident value {ref.id} in this session") from None
 
+    def put(self, ids, blobs) -> list:
+        """Store uploaded tensors under the ids the client gave them (one id per tensor sent)."""
+        if not isinstance(ids, list) or len(ids) != len(blobs) or not all(isinstance(i, int) for i in ids):
+            raise ProtocolError("put: one integer id per tensor sent")
+        self.values.update(zip(ids, blobs))
+        return []
+
     def fetch(self, ids) -> list[torch.Tensor]:
         """The tensors behind ``ids`` (pairs: resident id, item of a multi-output value or None),
         on the CPU, for sending back."""

@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import secrets
+import weakref
 
 import torch
 
@@ -29,7 +30,7 @@ def available() -> bool:
 class Segment:
     """A mapped segment; ``tensor`` is a uint8 CPU tensor over all of it (it keeps the mapping alive)."""
 
-    __slots__ = ("name", "nbytes", "tensor", "_owner")
+    __slots__ = ("name", "nbytes", "tensor", "_owner", "__weakref__")
 
     def __init__(self, name: str, nbytes: int, tensor: torch.Tensor, owner: bool):
         self.name = name
@@ -76,6 +77,24 @@ class Segment:
 
     def __del__(self):
         self.unlink()
+
+
+_registry: dict[int, weakref.ref] = {}
+
+
+def register(t: torch.Tensor, seg: Segment) -> None:
+    """``t`` lives in ``seg`` (from its first byte): an upload of it can name the segment instead of
+    copying. The tensor keeps the segment (and so its file) alive."""
+    t._genie_segment = seg
+    _registry[t.untyped_storage().data_ptr()] = weakref.ref(seg, lambda _r, p=t.untyped_storage().data_ptr():
+                                                            _registry.pop(p, None))
+
+
+def registered(t: torch.Tensor):
+    """The segment ``t``'s storage was registered with, if its file is still there to name."""
+    ref = _registry.get(t.untyped_storage().data_ptr())
+    seg = ref() if ref is not None else None
+    return seg if seg is not None and seg._owner and getattr(t, "_genie_segment", None) is seg else None
 
 
 def _over(mm: mmap.mmap, nbytes: int) -> torch.Tensor:

@@ -47,6 +47,7 @@ class Kind(enum.IntEnum):
     STATS = 7  # resident bytes, tensors, plan cache
     FREE = 8  # release resident values (no answer)
     DATA = 9  # a chunk of tensor bytes
+    PUT = 10  # store uploaded tensors as resident values
 
 
 class ProtocolError(Exception):
@@ -62,8 +63,11 @@ class PeerClosed(ConnectionError):
 
 
 def send_frame(sock: socket.socket, kind: int, payload) -> None:
-    sock.sendall(HEADER.pack(MAGIC, VERSION, int(kind), len(payload)))
-    if payload:
+    head = HEADER.pack(MAGIC, VERSION, int(kind), len(payload))
+    if len(payload) <= INLINE_MAX:  # one segment on the wire, one system call
+        sock.sendall(head + bytes(payload))
+    else:
+        sock.sendall(head)
         sock.sendall(payload)
 
 
