@@ -197,6 +197,12 @@ class Program:
                 self.verified.clear()
             self.verified.add(specs)
 
+    def forget(self) -> None:
+        """Evicted: its source leaves the traceback cache too (a long process sees many structures)."""
+        import linecache
+        for variant in ("fast", "checked"):
+            linecache.cache.pop(self._filename + variant, None)
+
     def _error(self, e, plan, variant):
         if getattr(e, "_genie_formatted", False):
             return e
@@ -351,7 +357,8 @@ class ProgramCache:
         self.compiles += 1
         self._programs[key] = prog
         if len(self._programs) > self.limit:
-            self._programs.popitem(last=False)
+            _, old = self._programs.popitem(last=False)
+            old.forget()
             self.evictions += 1
         return prog
 

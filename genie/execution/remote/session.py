@@ -175,7 +175,8 @@ class Session:
             sessions = list(state.sessions)
         return {"resident_bytes": self.resident_bytes(), "resident_values": len(self.values),
                 "device": str(state.device), "structures": len(state.structures), "runs": state.runs,
-                "sessions": len(sessions), "server_resident_bytes": sum(s.resident_bytes() for s in sessions)}
+                "sessions": len(sessions), "server_resident_bytes": sum(s.resident_bytes() for s in sessions),
+                "replay": state.executor.programs.stats()}
 
     def lookup(self, ref: Ref):
         try:
