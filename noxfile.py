@@ -81,6 +81,24 @@ def conformance(session: nox.Session, device: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def conformance_remote(session: nox.Session) -> None:
+    """The model zoo and module_db once more, executed on a genie server (a subprocess per test
+    process): every check crosses the wire format, runs from resident values and must still equal
+    eager; writes reports/conformance-remote/."""
+    _install(session, "test,models")
+    out = os.path.join(REPORTS, "conformance-remote")
+    os.makedirs(out, exist_ok=True)
+    workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
+    session.run(
+        "pytest", "conformance/test_models.py", "-p", "no:cacheprovider", "-q", "-n", workers, "-rfE",
+        "--disable-warnings", "--genie-server", f"--genie-report={out}", *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"},
+        success_codes=[0, 1],
+    )
+    session.run("python", "-m", "conformance.report", out, "--check")
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """asv against the working tree, then ``asv continuous`` against main (non-zero on a slowdown)."""
     _install(session, "bench")

@@ -5,16 +5,14 @@ size). The server is a subprocess started once per benchmark class."""
 from __future__ import annotations
 
 import socket
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 import genie
 
-from .common import REMOTE
+from .common import REMOTE, median_us
 
 MIB = 1 << 20
 _ECHO = """
@@ -29,13 +27,8 @@ while True:
 
 
 def _median_s(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of one call (each call timed on its own: transfers are long, loops short)."""
+    return median_us(fn, number=1, repeat=repeat) / 1e6
 
 
 def bare_round_trip_s(repeat: int = 2000) -> float:

@@ -31,6 +31,8 @@ def pytest_addoption(parser):
     parser.addoption("--genie-device", default="cpu", choices=["cpu", "cuda"],
                      help="eager reference device and genie execution device")
     parser.addoption("--genie-report", default=None, help="folder for results.json (and index.html)")
+    parser.addoption("--genie-server", action="store_true",
+                     help="execute on a genie server (a subprocess per test process) instead of in-process")
 
 
 def pytest_configure(config):
@@ -41,6 +43,16 @@ def pytest_configure(config):
     device = config.getoption("--genie-device")
     if device == "cuda" and torch.cuda.is_available():
         genie.set_execution_device("cuda")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _execution_target(pytestconfig):
+    """With --genie-server, every materialization crosses the wire to a server of this test process."""
+    if not pytestconfig.getoption("--genie-server"):
+        yield None
+        return
+    with genie.start_server(device=pytestconfig.getoption("--genie-device")) as srv, genie.remote(srv):
+        yield srv
 
 
 @pytest.fixture(scope="session")
