@@ -494,3 +494,31 @@ def test_large_uploads_live_in_shared_memory_until_the_server_maps_them(remote):
     torch.testing.assert_close(out, src, rtol=0, atol=0)
     torch.testing.assert_close(lx.cpu(), src, rtol=0, atol=0)  # every read is a new tensor
     assert lx.cpu().data_ptr() != out.data_ptr()
+
+
+# -------------------------------------------------------------------------------------------
+# custom ops: torch's own are imported by the server as needed, others with --import
+
+
+def test_custom_ops_run_on_a_server_that_imports_their_module(tmp_path, monkeypatch):
+    (tmp_path / "genie_remote_ops.py").write_text(textwrap.dedent("""
+        import torch
+
+        @torch.library.custom_op("genie_remote_test::triple", mutates_args=())
+        def triple(x: torch.Tensor) -> torch.Tensor:
+            return x * 3
+
+        @triple.register_fake
+        def _(x):
+            return torch.empty_like(x)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    import genie_remote_ops  # noqa: F401  (registers the op in this process)
+    x = torch.arange(4.0)
+    with genie.start_server() as bare, genie.remote(bare):
+        with pytest.raises(ValueError, match=r"unknown op genie_remote_test::triple.default \(a custom op: start "
+                                             r"the server with --import"):
+            host(torch.ops.genie_remote_test.triple(x.to(DEVICE)))
+    with genie.start_server(imports=["genie_remote_ops"]) as srv, genie.remote(srv):
+        torch.testing.assert_close(host(torch.ops.genie_remote_test.triple(x.to(DEVICE)) + 1), x * 3 + 1)

@@ -76,17 +76,19 @@ class ServerHandle:
         return f"<genie server {self.address} pid={self.pid} device={self.device}>"
 
 
-def start_server(device: str = "cpu", host: str = "127.0.0.1", port: int = 0,
+def start_server(device: str = "cpu", host: str = "127.0.0.1", port: int = 0, imports=(),
                  timeout: float = START_TIMEOUT_S) -> ServerHandle:
     """Start ``python -m genie.server`` as a subprocess with a fresh token (handed over in its
-    environment, never on the command line) and wait until it listens."""
+    environment, never on the command line) and wait until it listens. ``imports``: modules the
+    server imports first (they register custom ops the program uses)."""
     token = secrets.token_urlsafe(24)
     env = dict(os.environ, GENIE_SERVER_TOKEN=token)
     env.pop("GENIE_SERVERS", None)  # the server executes locally
     fd, log_path = tempfile.mkstemp(prefix="genie-server-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "genie.server", "--host", host, "--port", str(port),
-                                 "--device", device], stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                 "--device", device, *[a for m in imports for a in ("--import", m)]],
+                                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                 env=env, text=True)
     line = _first_line(proc, timeout)
     if not line.startswith("genie-server listening on "):

@@ -40,6 +40,16 @@ class _UnknownStructure(Exception):
     pass
 
 
+def _provider(target):
+    """The module that registered a Python custom op (imported on the server when it is torch's own)."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or schema.name.split("::")[0] in ("aten", "prims"):
+        return None
+    from torch._library.custom_ops import OPDEFS
+    opdef = OPDEFS.get(schema.name)
+    return getattr(getattr(opdef, "_init_fn", None), "__module__", None)
+
+
 def _wire_name(target) -> str:
     if target is getitem:
         return "genie::getitem"
@@ -266,7 +276,7 @@ class Template:
     ``plan.specs`` holds each node's spec and each external node's spec at fixed positions."""
 
     __slots__ = ("raw", "fp", "node_spec_pos", "ext_slots", "ext_rng", "keep", "seeds", "rng_live", "rng_links",
-                 "rng_consumed", "annotated", "n")
+                 "rng_consumed", "annotated", "imports")
 
     def __init__(self, plan):
         nodes = plan.nodes
@@ -319,6 +329,7 @@ class Template:
                 annotated.append(i)
             records.append([_wire_name(n.target), args, kwargs, link])
         self.raw = wire.pack(records)
+        self.imports = sorted({m for m in map(_provider, (n.target for n in nodes)) if m})
         self.fp = hashlib.blake2b(self.raw, digest_size=16).digest()
         self.node_spec_pos = node_spec_pos
         self.ext_slots = ext_slots
@@ -329,8 +340,6 @@ class Template:
         self.rng_links = [(i, r[3]) for i, r in enumerate(records) if r[3] is not None]
         self.rng_live = [i for i in rng_nodes if i not in consumed]
         self.rng_consumed = sorted(consumed)
-        self.n = len(nodes)
-
 
     def links_hold(self, nodes) -> bool:
         """Whether the RNG links of ``nodes`` are the ones this template was made from. The
@@ -342,6 +351,13 @@ class Template:
             if (rng.value is None) if j < 0 else (rng is not nodes[j]):
                 return False
         return True
+
+
+def _storage_bytes(value: torch.Tensor, spec) -> int:
+    """Bytes of a node's value to send: its storage from the first byte, as far as the spec says
+    the storage reaches (views re-derived from it on the server may reach that far) or its elements do."""
+    start, n = wire.extent(value)
+    return max(spec.storage_nbytes, start + n if value.numel() else 0)
 
 
 def _locate(nodes, path) -> Node:
@@ -389,11 +405,10 @@ class RemoteExecutor(Executor):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"genie remote: {node!r} holds {type(value).__name__}, not a tensor")
         conn = self.conn
-        descriptors, streams, segments = [], [], []
-        nbytes = max(node.spec.storage_nbytes, sum(wire.extent(value)) if value.numel() else 0)
-        conn.upload(value, 0, nbytes, descriptors, streams, segments)
-        vid = conn.new_id()
         up = conn.bytes_up
+        descriptors, streams, segments = [], [], []
+        conn.upload(value, 0, _storage_bytes(value, node.spec), descriptors, streams, segments)
+        vid = conn.new_id()
         try:
             conn.call(Kind.PUT, {"ids": [vid], "tensors": descriptors}, streams)
         finally:
@@ -468,8 +483,7 @@ class RemoteExecutor(Executor):
                 c = v.__class__
             if isinstance(v, torch.Tensor):
                 if k in ext_at:  # a materialized node's value: its whole storage, and keep it there
-                    spec = specs[ext_at[k][0]]
-                    nbytes = max(spec.storage_nbytes, sum(wire.extent(v)) if v.numel() else 0)
+                    nbytes = _storage_bytes(v, specs[ext_at[k][0]])
                     inputs.append(conn.upload(v, 0, nbytes, descriptors, streams, segments))
                     uploads.append((k, conn.new_id()))
                 else:
@@ -517,6 +531,8 @@ class RemoteExecutor(Executor):
             msg["to"], downloads = conn.download_offer([nodes[-1].spec])
         if resend:
             msg["structure"] = tpl.raw
+            if tpl.imports:
+                msg["imports"] = tpl.imports
             conn.structures_sent += 1
         conn.runs += 1
         try:

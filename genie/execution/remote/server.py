@@ -256,7 +256,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="execution device: cpu or cuda[:N]")
     p.add_argument("--token-file", help="read the token from this file (else GENIE_SERVER_TOKEN, else generated)")
     p.add_argument("--idle-timeout", type=float, default=3600.0, help="seconds a connection may stay silent")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it registers custom ops the clients' programs use); repeatable")
     args = p.parse_args(argv)
+    import importlib
+    for module in args.imports:
+        importlib.import_module(module)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s genie-server %(message)s")
     if args.token_file:
         with open(args.token_file) as f:

@@ -53,12 +53,33 @@ def resolve_op(name):
     try:
         target = getattr(getattr(getattr(torch.ops, ns), op), overload)
     except (AttributeError, RuntimeError):
-        raise ProtocolError(f"unknown op {name}") from None
+        hint = "" if ns in ("aten", "prims") else \
+            " (a custom op: start the server with --import MODULE, the module that registers it)"
+        raise ProtocolError(f"unknown op {name}{hint}") from None
     if not isinstance(target, torch._ops.OpOverload):
         raise ProtocolError(f"unknown op {name}")
+
     if any(a.name == "filename" for a in target._schema.arguments):
         raise ProtocolError(f"{name} reads or writes the server's files: refused")
     return target
+
+
+_TORCH_MODULE = re.compile(r"^torch(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def import_providers(modules) -> None:
+    """Import the modules that register the custom ops of a structure, where they are torch's own
+    (``torch.nn.modules.linear_cross_entropy`` registers its ops when first imported). Any other
+    module is the server operator's choice (``--import``), never the client's."""
+    import importlib
+    if not isinstance(modules, list):
+        raise ProtocolError("imports: expected a list of module names")
+    for m in modules:
+        if isinstance(m, str) and _TORCH_MODULE.match(m):
+            try:
+                importlib.import_module(m)
+            except ImportError:
+                pass  # the op stays unknown and says so
 
 
 class Structure:
@@ -107,7 +128,7 @@ class ServerState:
         self.runs = 0
         self.sessions: set = set()
 
-    def structure(self, fp, raw) -> Structure:
+    def structure(self, fp, raw, imports=None) -> Structure:
         """The structure for fingerprint ``fp``: from ``raw`` (checked against ``fp``) or the cache."""
         if not isinstance(fp, bytes) or len(fp) != 16:
             raise ProtocolError("fingerprint must be 16 bytes")
@@ -115,6 +136,8 @@ class ServerState:
             if not isinstance(raw, bytes) or hashlib.blake2b(raw, digest_size=16).digest() != fp:
                 raise ProtocolError("plan structure does not match its fingerprint")
             from .wire import unpack
+            if imports:
+                import_providers(imports)
             s = self.structures.get(fp) or Structure(unpack(raw))
             self.structures[fp] = s
             if len(self.structures) > self.limit:
@@ -210,7 +233,7 @@ class Session:
         """Execute one RUN message (``blobs``: its uploaded tensors, already rebuilt on the CPU).
         Returns the tensors asked for in ``fetch``. Nothing is stored unless the whole plan ran."""
         state = self.state
-        structure = state.structure(msg.get("fp"), msg.get("structure"))
+        structure = state.structure(msg.get("fp"), msg.get("structure"), msg.get("imports"))
         if msg.get("free"):
             self.free(msg["free"])
         inputs = msg.get("in")
