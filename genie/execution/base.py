@@ -13,10 +13,15 @@ from ..graph.node import Node
 
 # An executor that sets ``replays = True`` gets plans with a fingerprint (``Plan.key``).
 
+# ``Plan.fetched`` before a run: the caller wants the target's value in this process, and an
+# executor whose values live elsewhere brings it back with the run (one round trip, not two)
+WANT_VALUE = object()
+
 
 class Executor(abc.ABC):
     device: torch.device
     replays = False
+    remote = False  # values live in another process (``RemoteValue`` handles on the nodes)
 
     @abc.abstractmethod
     def run_node(self, node: Node):

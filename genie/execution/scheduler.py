@@ -19,11 +19,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from time import perf_counter
 
 import torch
 
 from ..capture.schema import _classes, classify
-from ..graph.node import _EMPTY, Node
+from ..graph.node import _EMPTY, Node, TensorSpec, iter_inputs
+from . import syncs
+from .base import WANT_VALUE
+from .remote.handle import RemoteValue
 
 _lock = threading.RLock()
 _executor = None
@@ -291,8 +295,7 @@ def materialize(node: Node, local: bool = False):
             down = conn.bytes_down
             value = conn.fetch(value, node.spec)
             syncs.record(0, "read", 0, conn.bytes_down - down, perf_counter() - t0)
-        elif not local and value.__class__ is torch.Tensor and _executor is not None \
-                and _executor.__class__ is not _LocalExecutor and hasattr(_executor, "put"):
+        elif not local and value.__class__ is torch.Tensor and _executor is not None and _executor.remote:
             # held in this process (an upload not yet used): materializing makes it resident there
             t0 = perf_counter()
             with _lock:
@@ -308,12 +311,11 @@ def materialize(node: Node, local: bool = False):
         if node.value is None:
             t0 = perf_counter()
             executor = get_executor()
-            remote = executor.__class__ is not _LocalExecutor and hasattr(executor, "conn")
-            if not remote and RemoteValue.live:
+            if not executor.remote and RemoteValue.live:
                 _bring_back(node)  # values left on a server by an earlier remote block
             plan = Plan(node, getattr(executor, "replays", False))
-            if local and remote:
-                plan.fetched = _WANTED
+            if local and executor.remote:
+                plan.fetched = WANT_VALUE
             try:
                 executor.execute(plan)
                 fetched = plan.fetched
@@ -324,7 +326,7 @@ def materialize(node: Node, local: bool = False):
                          getattr(executor, "last_down", 0), perf_counter() - t0)
     finally:
         _lock.release()
-    if local and fetched is not None and fetched is not _WANTED:
+    if local and fetched is not None and fetched is not WANT_VALUE:
         return fetched
     return materialize(node, local) if local else node.value
 
@@ -332,31 +334,10 @@ def materialize(node: Node, local: bool = False):
 def _bring_back(target: Node) -> None:
     """Before a local run: inputs whose values are resident on a server come back to this process."""
     for n in _collect(target):
-        for a in _iter_nodes(n):
+        for a in iter_inputs(n):
             v = a.value
             if v.__class__ is RemoteValue:
                 a.value = v.fetch() if a.spec.__class__ is TensorSpec else \
                     tuple(None if s is None else v.conn.fetch(v, s, k) for k, s in enumerate(a.spec))
-        rng = n.rng
-        if rng.__class__ is Node and rng.rng.__class__ is RemoteValue:
-            rng.rng = rng.rng.fetch()
-
-
-def _iter_nodes(n: Node):
-    seqs = [n.args, tuple(n.kwargs.values()) if n.kwargs else ()]
-    while seqs:
-        for a in seqs.pop():
-            c = a.__class__
-            if c is Node:
-                yield a
-            elif c is tuple or c is list:
-                seqs.append(a)
-
-
-from time import perf_counter  # noqa: E402
-
-from ..graph.node import TensorSpec  # noqa: E402
-from . import syncs  # noqa: E402
-from .local import LocalExecutor as _LocalExecutor  # noqa: E402
-from .remote.client import _WANTED  # noqa: E402
-from .remote.handle import RemoteValue  # noqa: E402
+            if a.rng.__class__ is RemoteValue:  # the generator state a random node left
+                a.rng = a.rng.fetch()

@@ -21,7 +21,7 @@ import torch
 
 from ...capture.rng import SPENT, _seed_state
 from ...graph.node import Node, TensorSpec, getitem
-from ..base import Executor
+from ..base import WANT_VALUE, Executor
 from . import shm, wire
 from .handle import RemoteValue
 from .wire import INLINE_MAX, Blob, Kind, Ref
@@ -377,6 +377,7 @@ class RemoteExecutor(Executor):
     sent once."""
 
     replays = True
+    remote = True
 
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -524,7 +525,7 @@ class RemoteExecutor(Executor):
             "tensors": descriptors,
         }
         msg["specs"] = table  # after every sidx call
-        fetch = getattr(plan, "fetched", None) is _WANTED
+        fetch = plan.fetched is WANT_VALUE
         downloads = {}
         if fetch:
             msg["fetch"] = [len(nodes) - 1]
@@ -560,5 +561,3 @@ class RemoteExecutor(Executor):
         if fetch:
             plan.fetched = reply["tensors"][0]
 
-
-_WANTED = object()  # plan.fetched before a run: bring the target's value back with the answer
