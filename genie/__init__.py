@@ -44,7 +44,7 @@ def replay_stats() -> dict:
     """Compiled replay (execution/replay.py): hits, misses, compiles, compile time, cache size (of the
     server, when execution is remote)."""
     executor = _scheduler.get_executor()
-    if getattr(executor, "conn", None) is not None:  # a server's executor replays there
+    if executor.remote:  # the server replays
         return server_stats()["replay"]
     programs = getattr(executor, "programs", None)
     if programs is None or not getattr(executor, "replays", False):
