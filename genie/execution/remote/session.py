@@ -17,6 +17,7 @@ Hosting a session elsewhere (an actor of a distributed engine) needs only these 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -34,6 +35,8 @@ _GENIE_OPS = {"genie::getitem": getitem, "genie::manual_seed": _seed_state}
 _LAYOUT_NAMES = {str(x).removeprefix("torch."): x for x in (torch.strided, torch.sparse_coo, torch.sparse_csr,
                                                            torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)}
 _ANNOTATIONS = ("grad_enabled", "default_dtype", "reads_written")
+# how long a run waits for the device while other clients' runs hold it
+RUN_LOCK_TIMEOUT_S = float(os.environ.get("GENIE_SERVER_RUN_TIMEOUT_S", "600"))
 
 
 class RemoteOpError(RuntimeError):
@@ -123,6 +126,7 @@ class ServerState:
         self.device = torch.device(device)
         self.executor = LocalExecutor(self.device)
         self.lock = threading.Lock()  # genie's executor and graph state are process-wide: one run at a time
+        self.book = threading.Lock()  # the sessions and the structure cache (connection threads share them)
         self.structures: OrderedDict = OrderedDict()
         self.limit = structures
         self.runs = 0
@@ -138,16 +142,32 @@ class ServerState:
             from .wire import unpack
             if imports:
                 import_providers(imports)
-            s = self.structures.get(fp) or Structure(unpack(raw))
-            self.structures[fp] = s
-            if len(self.structures) > self.limit:
-                self.structures.popitem(last=False)
+            with self.book:
+                s = self.structures.get(fp)
+            if s is None:
+                s = Structure(unpack(raw))
+            with self.book:
+                self.structures[fp] = s
+                if len(self.structures) > self.limit:
+                    self.structures.popitem(last=False)
             return s
-        s = self.structures.get(fp)
-        if s is None:
-            raise UnknownStructure(fp.hex())
-        self.structures.move_to_end(fp)
+        with self.book:
+            s = self.structures.get(fp)
+            if s is None:
+                raise UnknownStructure(fp.hex())
+            self.structures.move_to_end(fp)
         return s
+
+    def execute(self, plan) -> str:
+        """Run a plan on the device (one at a time); returns how it ran."""
+        if not self.lock.acquire(timeout=RUN_LOCK_TIMEOUT_S):
+            raise TimeoutError(f"genie server: waited {RUN_LOCK_TIMEOUT_S:.0f} s for other clients' runs")
+        try:
+            self.executor.execute(plan)
+            self.runs += 1
+            return self.executor.last_mode
+        finally:
+            self.lock.release()
 
 
 class UnknownStructure(KeyError):
@@ -160,7 +180,7 @@ class Session:
     def __init__(self, state: ServerState):
         self.state = state
         self.values: dict[int, object] = {}
-        with state.lock:
+        with state.book:
             state.sessions.add(self)
         self.last_mode = None  # how the last plan ran on the server: interpreted, compiled or replayed
 
@@ -175,7 +195,7 @@ class Session:
 
     def close(self) -> None:
         """The client is gone: everything it kept here is freed."""
-        with self.state.lock:
+        with self.state.book:
             self.values.clear()
             self.state.sessions.discard(self)
 
@@ -194,7 +214,7 @@ class Session:
 
     def stats(self) -> dict:
         state = self.state
-        with state.lock:
+        with state.book:
             sessions = list(state.sessions)
         return {"resident_bytes": self.resident_bytes(), "resident_values": len(self.values),
                 "device": str(state.device), "structures": len(state.structures), "runs": state.runs,
@@ -309,10 +329,7 @@ class Session:
         keep = _pairs(msg.get("keep", []))
         rkeep = _pairs(msg.get("rkeep", []))
         plan = _plan(nodes, {i for i, _ in keep})
-        with state.lock:
-            state.executor.execute(plan)
-            state.runs += 1
-            self.last_mode = state.executor.last_mode
+        self.last_mode = state.execute(plan)
         values = self.values
         for i, vid in keep:
             v = nodes[i].value
