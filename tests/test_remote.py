@@ -522,3 +522,11 @@ def test_custom_ops_run_on_a_server_that_imports_their_module(tmp_path, monkeypa
             host(torch.ops.genie_remote_test.triple(x.to(DEVICE)))
     with genie.start_server(imports=["genie_remote_ops"]) as srv, genie.remote(srv):
         torch.testing.assert_close(host(torch.ops.genie_remote_test.triple(x.to(DEVICE)) + 1), x * 3 + 1)
+
+
+def test_the_remote_example_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "example", "remote_server.py")], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, GENIE_SERVERS=""))
+    assert out.returncode == 0, out.stderr
+    assert "step 4: loss" in out.stdout and "remote_server.py:" in out.stdout
