@@ -204,13 +204,15 @@ document.getElementById('filter').addEventListener('input', e => {{
 def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
     """The short table the job ends with: cells and outcomes by dtype, every failure with its reason."""
     s = summarize(payload)
-    lines = [f"{'dtype':<10} {'cells':>6} {'pass':>6} {'xfail':>6} {'fail':>6} {'skip':>6}"]
-    for d, c in s["by_dtype"].items():
-        lines.append(f"{d:<10} {sum(c.values()):>6} {c.get('pass', 0):>6} {c.get('xfail', 0):>6} "
-                     f"{c.get('fail', 0):>6} {c.get('skip', 0):>6}")
-    t = s["totals"]
-    lines.append(f"{'all':<10} {s['cells']:>6} {t.get('pass', 0):>6} {t.get('xfail', 0):>6} {t.get('fail', 0):>6} "
-                 f"{t.get('skip', 0):>6}   pass rate {s['pass_rate']:.2%} of runnable cells")
+    lines = []
+    if s["cells"]:  # a run of the model axis alone (conformance_remote) has no OpInfo cells
+        lines.append(f"{'dtype':<10} {'cells':>6} {'pass':>6} {'xfail':>6} {'fail':>6} {'skip':>6}")
+        for d, c in s["by_dtype"].items():
+            lines.append(f"{d:<10} {sum(c.values()):>6} {c.get('pass', 0):>6} {c.get('xfail', 0):>6} "
+                         f"{c.get('fail', 0):>6} {c.get('skip', 0):>6}")
+        t = s["totals"]
+        lines.append(f"{'all':<10} {s['cells']:>6} {t.get('pass', 0):>6} {t.get('xfail', 0):>6} "
+                     f"{t.get('fail', 0):>6} {t.get('skip', 0):>6}   pass rate {s['pass_rate']:.2%} of runnable cells")
     models = payload.get("models", [])
     if models:
         mc = Counter(m["outcome"] for m in models)
