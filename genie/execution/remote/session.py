@@ -250,12 +250,11 @@ class Session:
     # ---------------------------------------------------------------- a plan
 
     def run(self, msg: dict, blobs: list) -> list[torch.Tensor]:
-        """Execute one RUN message (``blobs``: its uploaded tensors, already rebuilt on the CPU).
-        Returns the tensors asked for in ``fetch``. Nothing is stored unless the whole plan ran."""
+        """Execute one RUN message (``blobs``: its uploaded tensors, already rebuilt on the server's
+        device; the message's frees were done before). Returns the tensors asked for in ``fetch``.
+        Nothing is stored unless the whole plan ran."""
         state = self.state
         structure = state.structure(msg.get("fp"), msg.get("structure"), msg.get("imports"))
-        if msg.get("free"):
-            self.free(msg["free"])
         inputs = msg.get("in")
         specs = [_spec(s) for s in msg.get("specs", ())]
         nspec = msg.get("nspec")
