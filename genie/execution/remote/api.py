@@ -165,7 +165,7 @@ def server_stats(target=None) -> dict:
     Without ``target``: the server of the current executor. Pending frees are sent first."""
     if target is None:
         ex = scheduler.get_executor()
-        if not isinstance(ex, RemoteExecutor):
+        if not ex.remote:
             raise RuntimeError("genie.server_stats: execution is local (use it inside genie.remote(...))")
     else:
         ex = executor_for(target)
