@@ -83,11 +83,11 @@ class SyncReport:
 
     def table(self) -> str:
         head = f"{'source line':<40} {'syncs':>6} {'nodes':>7} {'replay':>6} {'compile':>7} {'interp':>6} " \
-               f"{'reads':>5} {'up':>10} {'down':>10} {'wait ms':>9}"
+               f"{'reads':>5} {'puts':>4} {'up':>10} {'down':>10} {'wait ms':>9}"
         lines = [head, "-" * len(head)]
         for s in self.rows() + [self.total]:
             lines.append(f"{s.where if s.lineno else '<total>':<40.40} {s.syncs:>6} {s.nodes:>7} {s.replayed:>6} "
-                         f"{s.compiled:>7} {s.interpreted:>6} {s.reads:>5} {_bytes(s.bytes_up):>10} "
+                         f"{s.compiled:>7} {s.interpreted:>6} {s.reads:>5} {s.puts:>4} {_bytes(s.bytes_up):>10} "
                          f"{_bytes(s.bytes_down):>10} {s.wait_s * 1e3:>9.2f}")
             if s.line:
                 lines.append(f"    {s.line[:100]}")
