@@ -129,27 +129,16 @@ class Connection:
             pass
 
     def _receive(self, descriptors, downloads) -> list:
-        out = []
-        for k, d in enumerate(descriptors):
-            header = wire.check_header(d.get("h"))
-            nbytes = header[4]
-            if "data" in d:
-                data = d["data"]
-                if not isinstance(data, bytes) or len(data) != nbytes:
-                    raise wire.ProtocolError("inline tensor bytes do not match their header")
-                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
-            elif "shm" in d:
-                seg = downloads.get(k)
-                if seg is None or d["shm"] != seg.name or nbytes > seg.nbytes:
-                    raise wire.ProtocolError("answer names a shared-memory segment that was not offered")
-                raw = seg.tensor[:nbytes]
-            else:
-                raw = torch.empty(nbytes, dtype=torch.uint8)
-                wire.recv_stream(self.sock, memoryview(raw.numpy()))
-            self.bytes_down += nbytes
-            t = wire.tensor_from(raw, header)
+        def shared(k, name, nbytes):
+            seg = downloads.get(k)
+            if seg is None or name != seg.name or nbytes > seg.nbytes:
+                raise wire.ProtocolError("answer names a shared-memory segment that was not offered")
+            return seg.tensor[:nbytes]
+
+        out = wire.receive_tensors(self.sock, descriptors, shared)
+        self.bytes_down += sum(d["h"]["nbytes"] for d in descriptors)  # headers checked by now
+        for t in out:
             t._genie_private = True  # fresh memory nobody else holds (special_ops._to_copy may hand it out)
-            out.append(t)
         return out
 
     def call(self, kind, msg, streams=(), downloads=None) -> dict:
@@ -185,23 +174,15 @@ class Connection:
             raise NotImplementedError(f"genie remote: {t.layout} tensors cannot be sent to a server")
         if t.device.type != "cpu":
             t = t.cpu()
-        header = wire.tensor_header(t, start, nbytes)
         seg = shm.registered(t) if start == 0 and self.shm else None
         if seg is not None and seg.nbytes == nbytes:  # already in shared memory (adopt): no copy
             segments.append(seg)
-            descriptors.append({"h": header, "shm": seg.name})
-            self.bytes_up += nbytes
-            return Blob(len(descriptors) - 1)
-        raw = wire.raw_bytes(t, start, nbytes)
-        if nbytes <= INLINE_MAX:
-            descriptors.append({"h": header, "data": raw.numpy().tobytes()})
-        elif self.shm and (seg := _segment(nbytes)) is not None:
-            seg.tensor.copy_(raw)
-            segments.append(seg)
-            descriptors.append({"h": header, "shm": seg.name})
+            descriptors.append({"h": wire.tensor_header(t, start, nbytes), "shm": seg.name})
         else:
-            streams.append(raw)
-            descriptors.append({"h": header, "stream": True})
+            seg = _segment(nbytes) if self.shm and nbytes > INLINE_MAX else None
+            if seg is not None:
+                segments.append(seg)
+            descriptors.append(wire.describe_tensor(t, start, nbytes, seg, streams))
         self.bytes_up += nbytes
         return Blob(len(descriptors) - 1)
 

@@ -186,32 +186,12 @@ class Server:
 
 
 def _read_tensors(sock, descriptors, use_shm: bool, device: torch.device) -> list:
-    if not isinstance(descriptors, list):
-        raise ValueError("tensors must be a list")
-    blobs = []
-    for d in descriptors:
-        if not isinstance(d, dict):
-            raise ValueError("tensor descriptor is not a map")
-        header = wire.check_header(d.get("h"))
-        nbytes = header[4]
-        if "data" in d:
-            data = d["data"]
-            if not isinstance(data, bytes) or len(data) != nbytes:
-                raise ValueError("inline bytes do not match their header")
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
-        elif "shm" in d:
-            if not use_shm:
-                raise ValueError("shared memory was not agreed on this connection")
-            raw = shm.Segment.open(d["shm"], nbytes).tensor
-        elif d.get("stream"):
-            raw = torch.empty(nbytes, dtype=torch.uint8)
-            wire.recv_stream(sock, memoryview(raw.numpy()))
-        else:
-            raise ValueError("tensor descriptor names no bytes")
-        if device.type != "cpu":
-            raw = raw.to(device)
-        blobs.append(wire.tensor_from(raw, header))
-    return blobs
+    def shared(k, name, nbytes):
+        if not use_shm:
+            raise ValueError("shared memory was not agreed on this connection")
+        return shm.Segment.open(name, nbytes).tensor
+
+    return wire.receive_tensors(sock, descriptors, shared, device)
 
 
 def _send_tensors(sock, reply: dict, tensors: list, offers) -> None:
@@ -219,22 +199,14 @@ def _send_tensors(sock, reply: dict, tensors: list, offers) -> None:
     offers = offers if isinstance(offers, list) else []
     for k, t in enumerate(tensors):
         start, nbytes = wire.extent(t)
-        header = wire.tensor_header(t, start, nbytes)
-        raw = wire.raw_bytes(t, start, nbytes)
         name = offers[k] if k < len(offers) else None
+        seg = None
         if name is not None and nbytes > wire.INLINE_MAX:
             try:
                 seg = shm.Segment.open(name, nbytes)
-                seg.tensor.copy_(raw)
-                descriptors.append({"h": header, "shm": name})
-                continue
             except (OSError, ValueError):
                 pass  # not mappable after all: through the socket
-        if nbytes <= wire.INLINE_MAX:
-            descriptors.append({"h": header, "data": raw.numpy().tobytes()})
-        else:
-            descriptors.append({"h": header, "stream": True})
-            streams.append(raw)
+        descriptors.append(wire.describe_tensor(t, start, nbytes, seg, streams))
     reply["tensors"] = descriptors
     wire.send_message(sock, Kind.DONE, reply)
     for raw in streams:

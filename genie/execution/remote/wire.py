@@ -312,6 +312,51 @@ def check_header(h) -> tuple:
     return dtype, shape, stride, offset, nbytes, conj, neg
 
 
+def describe_tensor(t: torch.Tensor, start: int, nbytes: int, segment, streams: list) -> dict:
+    """The descriptor of bytes ``[start, start + nbytes)`` of ``t``'s storage for a message: copied
+    into ``segment`` (a mapped shared-memory segment the sender chose, or None), inline when small,
+    else appended to ``streams`` to follow the message as DATA frames."""
+    header = tensor_header(t, start, nbytes)
+    raw = raw_bytes(t, start, nbytes)
+    if segment is not None:
+        segment.tensor[:nbytes].copy_(raw)
+        return {"h": header, "shm": segment.name}
+    if nbytes <= INLINE_MAX:
+        return {"h": header, "data": raw.numpy().tobytes()}
+    streams.append(raw)
+    return {"h": header, "stream": True}
+
+
+def receive_tensors(sock: socket.socket, descriptors, shared, device=None) -> list[torch.Tensor]:
+    """The tensors a message describes: inline bytes, a shared-memory segment (``shared(k, name,
+    nbytes)`` maps it, by the receiver's own rule for which segments it accepts) or DATA frames that
+    follow the message on ``sock``, in order. Each is rebuilt from its checked header, on ``device``."""
+    if not isinstance(descriptors, list):
+        raise ProtocolError("tensors must be a list")
+    out = []
+    for k, d in enumerate(descriptors):
+        if not isinstance(d, dict):
+            raise ProtocolError("tensor descriptor is not a map")
+        header = check_header(d.get("h"))
+        nbytes = header[4]
+        if "data" in d:
+            data = d["data"]
+            if not isinstance(data, bytes) or len(data) != nbytes:
+                raise ProtocolError("inline tensor bytes do not match their header")
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        elif "shm" in d:
+            raw = shared(k, d["shm"], nbytes)
+        elif d.get("stream"):
+            raw = torch.empty(nbytes, dtype=torch.uint8)
+            recv_stream(sock, memoryview(raw.numpy()))
+        else:
+            raise ProtocolError("tensor descriptor names no bytes")
+        if device is not None and device.type != "cpu":
+            raw = raw.to(device)
+        out.append(tensor_from(raw, header))
+    return out
+
+
 def tensor_from(raw: torch.Tensor, header: tuple) -> torch.Tensor:
     """Rebuild a tensor over ``raw`` (uint8, exactly ``nbytes``) from a checked header."""
     dtype, shape, stride, offset, nbytes, conj, neg = header
