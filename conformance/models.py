@@ -26,6 +26,8 @@ class ModelCase:
     generates: bool = False
     needs: str | None = None  # an optional package the builder imports
     host_outputs: tuple = ()  # outputs that stay on the host by the op's contract (pad_packed_sequence's lengths)
+    # the patterns genie.analyze must find in one eval forward, kind -> count (semantics check)
+    patterns: dict = dataclasses.field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -69,6 +71,34 @@ class SmallCNN(nn.Module):
         x = self.stem(x)
         x = torch.relu(x + self.block(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SmallUNet(nn.Module):
+    """A two-level UNet: conv blocks down, max pooling, a transposed convolution up, the skip
+    connection concatenated, conv blocks again, a 1x1 head."""
+
+    @staticmethod
+    def _block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    def __init__(self):
+        super().__init__()
+        self.down = self._block(3, 8)
+        self.bottom = self._block(8, 16)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.decode = self._block(16, 8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        skip = self.down(x)
+        x = self.bottom(nn.functional.max_pool2d(skip, 2))
+        return self.head(self.decode(torch.cat([skip, self.up(x)], dim=1)))
+
+
+def _unet():
+    g = torch.Generator().manual_seed(1)
+    return SmallUNet(), {"x": torch.randn(2, 3, 16, 16, generator=g)}
 
 
 def _packed(cell, bidirectional):
@@ -167,17 +197,30 @@ def _resnet():
                                                "labels": torch.tensor([0, 4])}
 
 
+_ENC_DEC = {"attention": 6, "mlp": 4, "residual": 10, "kv_cache_update": 8}  # 2+2 layers, cross-attention
+
 MODELS: list[ModelCase] = [
-    ModelCase("encoder-decoder", "nn.Transformer", _nn_transformer),
-    ModelCase("rnn", "nn.LSTM-packed-bidirectional", _packed(nn.LSTM, True), host_outputs=("output[2]",)),
-    ModelCase("rnn", "nn.GRU-packed", _packed(nn.GRU, False), host_outputs=("output[2]",)),
-    ModelCase("cnn", "SmallCNN-batchnorm-residual", _cnn),
-    ModelCase("decoder-lm", "GPT2LMHeadModel-tied", _gpt2, generates=True, needs="transformers"),
-    ModelCase("rope-decoder", "LlamaForCausalLM-gqa", _llama, generates=True, needs="transformers"),
-    ModelCase("moe", "MixtralForCausalLM", _mixtral, generates=True, needs="transformers"),
-    ModelCase("encoder", "BertForMaskedLM-tied", _bert, needs="transformers"),
-    ModelCase("encoder-decoder", "T5ForConditionalGeneration-tied", _t5, generates=True, needs="transformers"),
-    ModelCase("speech", "WhisperForConditionalGeneration", _whisper, generates=True, needs="transformers"),
-    ModelCase("vision-transformer", "ViTForImageClassification", _vit, needs="transformers"),
-    ModelCase("cnn", "ResNetForImageClassification", _resnet, needs="transformers"),
+    ModelCase("encoder-decoder", "nn.Transformer", _nn_transformer,
+              patterns={"attention": 6, "mlp": 4, "residual": 10}),
+    ModelCase("rnn", "nn.LSTM-packed-bidirectional", _packed(nn.LSTM, True), host_outputs=("output[2]",),
+              patterns={"recurrent": 1}),
+    ModelCase("rnn", "nn.GRU-packed", _packed(nn.GRU, False), host_outputs=("output[2]",), patterns={"recurrent": 1}),
+    ModelCase("cnn", "SmallCNN-batchnorm-residual", _cnn, patterns={"conv_block": 2, "residual": 1}),
+    ModelCase("unet", "SmallUNet", _unet, patterns={"conv_block": 6}),
+    ModelCase("decoder-lm", "GPT2LMHeadModel-tied", _gpt2, generates=True, needs="transformers",
+              patterns={"attention": 2, "mlp": 2, "residual": 4, "kv_cache_update": 4}),
+    ModelCase("rope-decoder", "LlamaForCausalLM-gqa", _llama, generates=True, needs="transformers",
+              patterns={"attention": 2, "mlp": 2, "residual": 4, "kv_cache_update": 4}),
+    ModelCase("moe", "MixtralForCausalLM", _mixtral, generates=True, needs="transformers",
+              patterns={"attention": 2, "mlp": 2, "residual": 4, "kv_cache_update": 4}),
+    ModelCase("encoder", "BertForMaskedLM-tied", _bert, needs="transformers",
+              patterns={"attention": 2, "mlp": 2, "residual": 4}),
+    ModelCase("encoder-decoder", "T5ForConditionalGeneration-tied", _t5, generates=True, needs="transformers",
+              patterns=_ENC_DEC),
+    ModelCase("speech", "WhisperForConditionalGeneration", _whisper, generates=True, needs="transformers",
+              patterns={**_ENC_DEC, "conv_block": 2}),
+    ModelCase("vision-transformer", "ViTForImageClassification", _vit, needs="transformers",
+              patterns={"attention": 2, "mlp": 2, "residual": 4}),
+    ModelCase("cnn", "ResNetForImageClassification", _resnet, needs="transformers",
+              patterns={"conv_block": 5, "residual": 2}),
 ]

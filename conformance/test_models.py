@@ -24,7 +24,7 @@ from conformance.models import MODELS, ModelCase
 
 REMOTE = "remote_accelerator"
 ATOL = RTOL = 1e-5
-CHECKS = ("forward", "train_step", "generate_greedy", "generate_sampled")
+CHECKS = ("forward", "train_step", "generate_greedy", "generate_sampled", "semantics")
 SEED = 1234
 
 
@@ -163,6 +163,66 @@ def _check_generate(model, lazy, inputs, l_inputs, sampled):
     assert_same(actual, expected, "tokens")
 
 
+def _check_semantics(case, model, lazy, inputs, l_inputs):
+    """What the captured graph knows (genie/semantics): the patterns of an eval forward, module
+    paths on them, weights resident; a training step's phases and residency, backward ops in
+    the modules of their forward; a generator's prefill and decode steps and its KV cache. The
+    forward's values must still be eager's (the structure is kept for analysis while it runs)."""
+    import genie
+    model.eval()
+    lazy.eval()
+    with torch.no_grad():
+        expected = model(**inputs)
+        with genie.keep_structure():
+            actual = lazy(**l_inputs)
+            analysis = genie.analyze(genie.graph_of(*[t for _, t in tensors_of(actual) if isinstance(t, genie.LazyTensor)]))
+    assert analysis.counts() == case.patterns, f"patterns found {analysis.counts()}, expected {case.patterns}"
+    for m in analysis.matches:
+        assert m.module is not None and all(n.module_path is not None for n in m.nodes if n.phase != "backward"), \
+            f"{m}: nodes without a module"
+    forward_phases = {n.phase for n in analysis.graph.nodes if n.module_path is not None}
+    assert forward_phases <= {"forward", "prefill"}, forward_phases
+    assert all(p.genie_node.residency == "weight" for p in lazy.parameters())
+    assert_same(actual, expected, host=case.host_outputs)
+
+    if case.generates:  # before the training step changes the weights
+        kwargs = {k: v for k, v in l_inputs.items() if k != "labels"}
+        e_kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+        model.eval()
+        lazy.eval()
+        expected = model.generate(**e_kwargs, max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+        with genie.keep_structure():
+            tokens = lazy.generate(**kwargs, max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+            analysis = genie.analyze(genie.graph_of(tokens))
+        steps = {(n.phase, n.phase_source) for n in analysis.graph.nodes}
+        assert {("prefill", "call"), ("decode", "call")} <= steps, steps
+        decode_updates = [m for m in analysis.matches if m.kind == "kv_cache_update" and m.phase == "decode"]
+        assert decode_updates and any(n.residency == "kv_cache" for n in analysis.graph.nodes)
+        assert_same(tokens, expected, "tokens")
+
+    # one training step: forward, backward, AdamW
+    lazy.train()
+    opt = torch.optim.AdamW(lazy.parameters(), lr=1e-2)
+    torch.manual_seed(SEED)
+    with genie.keep_structure():
+        loss = _loss(lazy(**l_inputs))
+        loss.backward()
+        grads = [p.grad for p in lazy.parameters() if p.grad is not None]
+        assert all(g.genie_node.residency == "gradient" for g in grads)
+        opt.step()
+        state = [t for s in opt.state.values() for t in s.values() if isinstance(t, genie.LazyTensor) and t.dim()]
+        graph = genie.graph_of(loss, *lazy.parameters(), *state)
+    phases = {n.phase for n in graph.nodes}
+    assert {"forward", "backward", "optimizer"} <= phases, phases
+    forward_modules = {n.module_path for n in graph.nodes if n.phase == "forward"}
+    backward = [n for n in graph.nodes if n.phase == "backward"]
+    in_modules = [n for n in backward if n.module_path is not None]
+    assert len(in_modules) >= len(backward) // 2, f"{len(in_modules)} of {len(backward)} backward ops have a module"
+    assert {n.module_path for n in in_modules} <= forward_modules
+    assert all(p.genie_node.residency == "weight" for p in lazy.parameters())
+    assert state and all(t.genie_node.residency == "optimizer_state" for t in state)
+
+
 @pytest.mark.parametrize("case, check", list(_cases()))
 def test_model(case, check, record_property, pytestconfig):
     record_property("genie_model", {"family": case.family, "model": case.name, "check": check, "dtype": "float32"})
@@ -172,6 +232,8 @@ def test_model(case, check, record_property, pytestconfig):
             _check_forward(case, model, lazy, inputs, l_inputs)
         elif check == "train_step":
             _check_train_step(model, lazy, inputs, l_inputs)
+        elif check == "semantics":
+            _check_semantics(case, model, lazy, inputs, l_inputs)
         else:
             _check_generate(model, lazy, inputs, l_inputs, sampled=check == "generate_sampled")
 

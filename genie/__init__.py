@@ -22,10 +22,15 @@ from .execution import syncs as _syncs
 from .execution.remote.api import RemoteError, ServerHandle, remote, server_stats, start_server
 from .graph.graph import Graph, get_graph, graph_of
 from .graph.node import Node, TensorSpec
+from .semantics import context as _semantic_context
+from .semantics import patterns
+from .semantics.analysis import analyze
+from .semantics.context import keep_structure, phase
 
 _backend.register()
 _dispatch._materialize = _scheduler.materialize
 _rng.chain.materialize = _scheduler.materialize
+_dispatch.first_use = _semantic_context.install
 
 __version__ = "0.1.0"
 
@@ -91,7 +96,7 @@ def sync_points():
 
 __all__ = [
     "Graph", "LazyTensor", "Node", "RemoteAcceleratorDevice", "RemoteError", "ServerHandle", "TensorSpec",
-    "capture_stats", "execution_device", "get_graph", "graph_of", "materialize", "remote", "replay_stats",
+    "analyze", "capture_stats", "execution_device", "get_graph", "graph_of", "keep_structure", "materialize", "patterns", "phase", "remote", "replay_stats",
     "reset_capture_stats", "reset_replay_stats", "server_stats", "set_execution_device", "start_server",
     "sync_points", "sync_report",
 ]

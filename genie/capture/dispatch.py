@@ -21,6 +21,8 @@ import torch
 from torch.utils._mode_utils import no_dispatch
 
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
+from ..graph.node import keep_structure
+from ..graph.node import scope as node_scope
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain
@@ -32,6 +34,10 @@ DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is 
 
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
 _materialize = None  # bound by genie/execution/scheduler.py
+first_use = None  # genie/semantics installs its hooks through this on the first capture
+module_moved = None  # semantics: called with each module moved onto (or off) the device
+backward_context = None  # semantics: the module context of a backward op being captured
+_autograd_node = torch._C._current_autograd_node
 
 # ops whose eager CUDA kernels accept CPU tensors beside device tensors
 _CPU_TENSOR_OK = {aten.copy_.default, aten.index.Tensor, aten.index_put_.default, aten.index_put.default,
@@ -288,6 +294,8 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     tensors nothing aliases; arguments that are current LazyTensors, atoms or int lists; keyword
     arguments that are atoms; and a signature already in the cache. The key is the one
     ``_capture_general`` builds for the same call."""
+    if backward_context is not None and _autograd_node() is not None:
+        return _capture_backward(func, args, kwargs or _EMPTY)
     oc = _classes.get(id(func))
     if oc is not None and oc.hot:
         key = [oc]
@@ -354,7 +362,19 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     return capture(func, args, kwargs or _EMPTY)
 
 
+def _capture_backward(func, args, kwargs):
+    """An op autograd runs in backward: captured in the context of the forward module it came from."""
+    saved = node_scope.ctx
+    node_scope.ctx = backward_context()
+    try:
+        return capture(func, args, kwargs)
+    finally:
+        node_scope.ctx = saved
+
+
 def capture(func, args, kwargs):
+    if first_use is not None:
+        first_use()
     oc = _classes.get(id(func))
     if oc is None:
         oc = classify(func)
@@ -532,11 +552,11 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if targets and not oc.inplace_view:
         reads = _reads_of_written(func, args, kwargs, targets)
         if reads:
-            node.annotate("reads_written", reads)
+            node.note_runtime("reads_written", reads)
     if oc.grad_mode:
-        node.annotate("grad_enabled", torch.is_grad_enabled())
+        node.note_runtime("grad_enabled", torch.is_grad_enabled())
     if default_dtype is not None:
-        node.annotate("default_dtype", default_dtype)
+        node.note_runtime("default_dtype", default_dtype)
     if oc.random:
         chain.link(node)
     if single:
@@ -681,8 +701,9 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
             out = func(*rargs, **rkwargs)
     except Exception as e:
         raise op_error(func, e) from e
+    recorded = _recorded_args(args, kwargs) if keep_structure.depth else None
     for lz, c in written:
-        _mutate(lz, Node(func, (), _EMPTY, spec_of(c), value=c), spec_of(c), oc.inplace_view)
+        _mutate(lz, _eager_node(func, c, recorded), spec_of(c), oc.inplace_view)
     if not oc.returns:
         return None
     outs = out if len(oc.returns) > 1 else (out,)
@@ -691,14 +712,31 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
         if r[0] == "alias":
             results.append(get_arg(args, kwargs, oc.mutated[r[1]][0], func))
         elif isinstance(o, torch.Tensor):
-            results.append(_materialized(func, o))
+            results.append(_materialized(func, o, recorded))
         elif isinstance(o, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in o):
-            results.append([_materialized(func, x) for x in o])
+            results.append([_materialized(func, x, recorded) for x in o])
         else:
             results.append(o)
     return results[0] if len(results) == 1 else tuple(results)
 
 
-def _materialized(func, value: torch.Tensor):
-    spec = spec_of(value)
-    return new_lazy(spec, Node(func, (), _EMPTY, spec, value=value))
+def _materialized(func, value: torch.Tensor, recorded=None):
+    return new_lazy(spec_of(value), _eager_node(func, value, recorded))
+
+
+def _eager_node(func, value: torch.Tensor, recorded) -> Node:
+    """A node for a value computed eagerly: no inputs (it is an input of what follows), or, while
+    the structure is kept for analysis, the inputs it was computed from (never run again: its
+    value is kept)."""
+    args, kwargs = recorded or ((), _EMPTY)
+    return Node(func, args, kwargs, spec_of(value), value=value)
+
+
+def _recorded_args(args, kwargs):
+    def conv(a):
+        if isinstance(a, LazyTensor):
+            return a._node
+        if isinstance(a, (list, tuple)):
+            return tuple(conv(x) for x in a)
+        return a
+    return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.node import Node, TensorSpec, op_name
+from . import dispatch
 from .dispatch import (_DATA_DEPENDENT, _DEFAULT_DTYPE, _FALLBACK, DEVICE_TYPE, _build, _cache, _lookup, _walk,
                        new_lazy, op_error)
 from .meta import Inferred
@@ -16,6 +17,8 @@ from .special_ops import _QUANTIZED_DTYPES, _quantized
 def capture_factory(func, args, kwargs):
     """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
     pin_memory, ...) are hashable constants, so they enter the signature as they are."""
+    if dispatch.first_use is not None:
+        dispatch.first_use()
     oc = _classes.get(id(func)) or classify(func)
     if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
         _quantized(func, args, kwargs)

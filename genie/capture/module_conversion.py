@@ -69,6 +69,10 @@ def _apply(self, fn, recurse=True):
         _state.active = False
     if touched_device:
         _retie(before)
+        if dispatch.first_use is not None:
+            dispatch.first_use()
+        if dispatch.module_moved is not None:
+            dispatch.module_moved(self)
     return self
 
 

@@ -138,7 +138,7 @@ class LocalExecutor(Executor):
                 out = self._run_random(node, op, args, kwargs)
             elif op in self._supplements and self._supplements[op][0](*args, **kwargs):
                 out = self._supplements[op][1](*args, **kwargs)
-            elif node.annotations is not None:
+            elif node.runtime is not None:
                 out = self._run_annotated(node, oc, op, args, kwargs)
             else:
                 out = op(*args, **kwargs)
@@ -165,7 +165,7 @@ class LocalExecutor(Executor):
 
     def _run_annotated(self, node, oc, op, args, kwargs):
         """Kernels that read thread state at run time get the state of the call they stand for."""
-        ann = node.annotations
+        ann = node.runtime
         default_dtype = ann.get("default_dtype")
         saved = torch.get_default_dtype()
         if default_dtype is not None:
@@ -216,7 +216,7 @@ class LocalExecutor(Executor):
                 kwargs[where] = new
             else:
                 args[where] = new
-        for where, i, spec in (node.annotations or _NO_ANNOTATIONS).get("reads_written", ()):
+        for where, i, spec in (node.runtime or _NO_ANNOTATIONS).get("reads_written", ()):
             # an input sharing memory with a written tensor reads the memory being written, as in eager
             alias = torch.empty(0, dtype=spec.dtype, device=written[i].device)
             alias.set_(written[i].untyped_storage(), spec.offset, spec.shape, spec.stride)

@@ -24,7 +24,7 @@ from time import perf_counter
 import torch
 
 from ..capture.schema import _classes, classify
-from ..graph.node import _EMPTY, Node, TensorSpec, iter_inputs
+from ..graph.node import _EMPTY, Node, TensorSpec, iter_inputs, keep_structure
 from . import syncs
 from .base import WANT_VALUE
 from .remote.handle import RemoteValue
@@ -124,9 +124,10 @@ class Plan:
             self.key = tuple(self.key)
 
     def finish(self) -> None:
-        """Collapse the kept nodes: their values stay, their inputs are released."""
+        """Collapse the kept nodes: their values stay, their inputs are released (unless the
+        structure is being kept for analysis: ``genie.keep_structure()``)."""
         nodes = self.nodes
-        for i, k in enumerate(self.kept):
+        for i, k in enumerate(() if keep_structure.depth else self.kept):
             if k:
                 n = nodes[i]
                 if n.value is not None:
@@ -266,7 +267,7 @@ def _encode(plan, nodes):
             if j is not None:
                 occ[j] += 1
                 last[j] = i
-        if n.annotations is not None:
+        if n.runtime is not None:
             k_add(ANN)
         k_add(END)
     plan.key = key

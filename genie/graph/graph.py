@@ -85,8 +85,9 @@ class Graph:
                 fx_node = g.call_function(n.target, tuple(arg(a) for a in n.args))
             fx_node.meta["genie_op"] = op_name(n.target)
             fx_node.meta["genie_spec"] = n.spec
-            if n.annotations:
-                fx_node.meta["genie_annotations"] = dict(n.annotations)
+            fx_node.meta["genie_annotations"] = n.annotations
+            if n.ctx is not None and n.ctx.module is not None:
+                fx_node.meta["nn_module_path"] = n.ctx.module
             env[id(n)] = fx_node
         outputs = [env[id(n)] for n in self.nodes if not self._users[id(n)]]
         g.output(tuple(outputs))

@@ -9,11 +9,15 @@ Invariants (stated once, relied on everywhere):
   *collapsed*: its inputs are released so the graph upstream can be freed; ``op`` and ``spec``
   stay for inspection. A node whose value was dropped keeps its inputs, so it can be recomputed.
 - Values are never mutated after they are stored: in-place ops execute on a copy.
+- ``runtime`` holds what execution must know beyond the call (grad mode, default dtype, reads of
+  written memory) and is part of the plan fingerprint; ``ctx`` and ``notes`` hold meaning
+  (module, phase, residency, user notes) and never change what runs.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 import torch
@@ -21,6 +25,25 @@ import torch
 _ids = itertools.count()
 
 _EMPTY: dict = {}
+
+
+class _Scope(threading.local):
+    """The semantic context new nodes are captured in (a ``semantics.context.Context``, set by the
+    module and phase hooks of genie/semantics; None while nothing sets one)."""
+    ctx = None
+
+
+scope = _Scope()
+
+
+class _KeepStructure:
+    """While ``depth`` > 0 (``genie.keep_structure()``), computed nodes keep their inputs and
+    values computed eagerly (data-dependent ops) record theirs, so the whole captured program
+    stays inspectable. Values upstream of kept nodes then stay alive until the nodes go."""
+    depth = 0
+
+
+keep_structure = _KeepStructure()
 
 
 class TensorSpec:
@@ -89,7 +112,7 @@ class Node:
     """One captured call of ``target`` (an OpOverload, or a genie helper such as ``getitem``). ``spec`` is a TensorSpec, or a tuple of them (None for non-tensor
     outputs) for multi-output nodes, whose consumers go through ``getitem`` nodes."""
 
-    __slots__ = ("target", "args", "kwargs", "spec", "value", "rng", "annotations", "id")
+    __slots__ = ("target", "args", "kwargs", "spec", "value", "rng", "runtime", "ctx", "notes", "id")
 
     def __init__(self, target, args, kwargs, spec, value=None, rng=None):
         self.target = target
@@ -98,7 +121,9 @@ class Node:
         self.spec = spec
         self.value = value
         self.rng = rng
-        self.annotations = None
+        self.runtime = None
+        self.ctx = scope.ctx
+        self.notes = None
         self.id = next(_ids)
 
     @property
@@ -126,13 +151,82 @@ class Node:
     def materialized(self) -> bool:
         return self.value is not None
 
+    def note_runtime(self, key: str, value: Any) -> None:
+        """Record state the kernel reads when it runs (part of the plan's fingerprint)."""
+        if self.runtime is None:
+            self.runtime = {}
+        self.runtime[key] = value
+
     def annotate(self, key: str, value: Any) -> None:
-        if self.annotations is None:
-            self.annotations = {}
-        self.annotations[key] = value
+        """Attach a semantic note (a scheduler's or a user's); it never changes what runs."""
+        if self.notes is None:
+            self.notes = {}
+        self.notes[key] = value
+
+    # -- semantics: typed accessors (genie/semantics fills ctx and notes)
+
+    @property
+    def module_path(self) -> str | None:
+        """Qualified name of the nn.Module that issued the op (``encoder.layers.1.self_attn``; ``""``
+        for the root module); None outside any module."""
+        ctx = self.ctx
+        return None if ctx is None else ctx.module
+
+    @property
+    def module_class(self) -> str | None:
+        ctx = self.ctx
+        return None if ctx is None else ctx.module_class
+
+    @property
+    def phase(self) -> str:
+        """forward, backward, optimizer; prefill or decode for the forward of a generative model."""
+        notes = self.notes
+        if notes is not None and "phase" in notes:
+            return notes["phase"]  # set by the graph heuristic of semantics.analyze
+        ctx = self.ctx
+        return "forward" if ctx is None else ctx.phase
+
+    @property
+    def phase_source(self) -> str:
+        """Where the phase came from: explicit (``genie.phase``), call (autograd, optimizer.step, a KV
+        cache passed to the forward), heuristic (graph shape), or default."""
+        notes = self.notes
+        if notes is not None and "phase_source" in notes:
+            return notes["phase_source"]
+        ctx = self.ctx
+        return "default" if ctx is None else ctx.phase_source
+
+    @property
+    def residency(self) -> str:
+        """weight, kv_cache, gradient, optimizer_state or activation (see semantics/residency.py)."""
+        notes = self.notes
+        if notes is not None:
+            mark = notes.get("residency")
+            if mark is not None:
+                return mark
+        return _RESIDENCY_BY_PHASE.get(self.phase, "activation")
+
+    @property
+    def annotations(self) -> dict:
+        """Everything known about this node: module, phase (and its source), residency, user notes,
+        and the runtime state execution reads. A fresh dict: write with ``annotate``."""
+        out = dict(self.runtime) if self.runtime else {}
+        ctx = self.ctx
+        if ctx is not None:
+            out["module"] = ctx.module
+            out["module_class"] = ctx.module_class
+            out["phase"] = self.phase
+            out["phase_source"] = self.phase_source
+        out["residency"] = self.residency
+        if self.notes:
+            out.update(self.notes)
+        return out
 
     def __repr__(self) -> str:
         return f"<Node %{self.id} {self.name} {getattr(self.spec, 'shape', '')}>"
+
+
+_RESIDENCY_BY_PHASE = {"backward": "gradient", "optimizer": "optimizer_state"}
 
 
 def iter_inputs(node: Node):

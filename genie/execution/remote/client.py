@@ -306,7 +306,7 @@ class Template:
             if n.target is _seed_state:
                 seeds.append(i)
                 rng_nodes.append(i)
-            if n.annotations is not None:
+            if n.runtime is not None:
                 annotated.append(i)
             records.append([_wire_name(n.target), args, kwargs, link])
         self.raw = wire.pack(records)
@@ -490,7 +490,7 @@ class RemoteExecutor(Executor):
                                    "(a random value was dropped and then needed again)")
         ann = []
         for i in tpl.annotated:
-            a = {k: v for k, v in nodes[i].annotations.items() if k in _ANN_KEYS}
+            a = {k: v for k, v in nodes[i].runtime.items() if k in _ANN_KEYS}
             if "reads_written" in a:
                 a["reads_written"] = [[where, j, sidx(s)] for where, j, s in a["reads_written"]]
             ann.append([i, a])

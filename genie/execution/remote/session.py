@@ -322,7 +322,7 @@ class Session:
                         raise ProtocolError(f"run: generator state for node {i} is not a tensor")
                     node.rng = stub
             if i in anns:
-                node.annotations = _annotations(anns[i], spec_at)
+                node.runtime = _annotations(anns[i], spec_at)
             nodes.append(node)
 
         keep = _pairs(msg.get("keep", []))

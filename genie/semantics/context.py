@@ -1,0 +1,396 @@
+"""Where each captured op comes from: the nn.Module that issued it and the program's phase.
+
+Every ``Node`` records ``graph.node.scope.ctx`` when it is made: a ``Context`` naming the module
+(qualified name from the outermost module called, e.g. ``encoder.layers.1.self_attn``, and its
+class), the phase (forward, backward, optimizer; prefill or decode in a generative model's
+forward) and where the phase came from. Contexts are shared: one per (module call site, phase),
+so a node pays one pointer for all of it.
+
+How the context is kept current:
+- Modules: global forward pre/post hooks push and pop the context. They are installed only once
+  the device is used (``install``, called from the capture path's first miss), because any
+  global module hook moves every module call of the process, eager ones included, off
+  ``Module.__call__``'s fast path (about 3 us per call on this machine's CPU). ``suspended()``
+  takes them off for a block (eager baselines in benchmarks), ``GENIE_SEMANTICS=0`` never installs them.
+- Backward: autograd runs backward ops with no module on the stack. The forward hooks record, per
+  thread, which context was current for each range of autograd sequence numbers (every autograd
+  node gets the next number when its forward op runs); a backward op asks the engine for the
+  node it is executing (``torch._C._current_autograd_node``) and takes the module of the range
+  its sequence number falls in, with phase backward. This is how torch.fx's tracer links the two
+  passes too (``seq_nr`` node meta).
+- Optimizer: ``torch.optim``'s global step pre/post hooks.
+- Generation: an explicit ``with genie.phase("decode")`` wins; else, at the outermost call of a
+  model that generates (transformers' ``GenerationMixin``), a KV cache that already holds
+  positions means decode and an empty one prefill (source ``call``); the graph heuristic
+  (query length 1) is left to ``semantics.analyze`` and says so (source ``heuristic``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import threading
+import weakref
+
+import torch
+from torch.nn.modules import module as _nn_module
+from torch.optim import optimizer as _optimizer
+
+from ..graph.node import scope
+
+PHASES = ("forward", "backward", "optimizer", "prefill", "decode")
+PHASE_SOURCES = ("explicit", "call", "heuristic", "default")
+
+
+class Context:
+    """One module call site in one phase; shared by all the nodes captured there."""
+
+    __slots__ = ("module", "module_class", "phase", "phase_source", "_module_ref", "_children", "_backward")
+
+    def __init__(self, module, module_class, phase, phase_source, module_ref=None):
+        self.module = module  # qualified name; "" for the outermost module; None outside modules
+        self.module_class = module_class
+        self.phase = phase
+        self.phase_source = phase_source
+        self._module_ref = module_ref  # weakref to the module, to name the modules it calls
+        self._children: dict = {}  # id(module called from here) -> (weakref, Context)
+        self._backward = None
+
+    def child(self, mod: torch.nn.Module) -> Context:
+        """The context of ``mod`` called from this one (cached per caller and module)."""
+        hit = self._children.get(id(mod))
+        if hit is not None and hit[0]() is mod:
+            return hit[1]
+        ref = weakref.ref(mod)
+        ctx = Context(self._path_of(mod), type(mod).__name__, self.phase, self.phase_source, ref)
+        self._children[id(mod)] = (ref, ctx)
+        return ctx
+
+    def _path_of(self, mod) -> str:
+        """``mod``'s qualified name: its path below the calling module (a direct child, or a
+        grandchild through a container such as ``self.layers[0](x)``); a module called from
+        outside its caller's tree is named by its class."""
+        if self.module is None:
+            return ""  # the outermost module: paths are relative to it, as named_modules() gives them
+        owner = self._module_ref() if self._module_ref is not None else None
+        rel = None
+        if owner is not None:
+            for name, m in owner.named_modules(remove_duplicate=False):
+                if m is mod and name:
+                    rel = name
+                    break
+        rel = rel or type(mod).__name__
+        return f"{self.module}.{rel}" if self.module else rel
+
+    def backward(self) -> Context:
+        """The same module, in the backward pass."""
+        if self._backward is None:
+            self._backward = Context(self.module, self.module_class, "backward", "call")
+        return self._backward
+
+    def __repr__(self) -> str:
+        return f"Context({self.module!r}, {self.module_class}, {self.phase}/{self.phase_source})"
+
+
+_outer: dict = {}  # (phase, source) -> the context of ops outside any module in that phase
+
+
+def outer(phase: str, source: str) -> Context:
+    ctx = _outer.get((phase, source))
+    if ctx is None:
+        ctx = _outer.setdefault((phase, source), Context(None, None, phase, source))
+    return ctx
+
+
+_DEFAULT = outer("forward", "default")
+
+
+# --------------------------------------------------------------------------------------------
+# module hooks
+
+
+class _Frames(threading.local):
+    def __init__(self):
+        self.stack: list = []  # (module, context to restore)
+
+
+_frames = _Frames()
+
+# Ranges of autograd sequence numbers and the context current in each. Process-wide, because
+# the engine may run backward on a thread of its own; sequence numbers count per thread, so a
+# range that would go backwards (a second thread running forwards) is not recorded and that
+# thread's backward ops get no module.
+_seq_starts: list = []
+_seq_ctxs: list = []
+_SEQ_LIMIT = 1 << 16  # ranges kept (the oldest half goes when full)
+_next_seq = torch.autograd._get_sequence_nr
+
+
+def _record_range(ctx: Context) -> None:
+    seq = _next_seq()
+    starts = _seq_starts
+    if starts:
+        last = starts[-1]
+        if last == seq:
+            _seq_ctxs[-1] = ctx  # no autograd node was made in the previous range
+            return
+        if last > seq:
+            return
+    if len(starts) >= _SEQ_LIMIT:
+        del starts[:_SEQ_LIMIT // 2]
+        del _seq_ctxs[:_SEQ_LIMIT // 2]
+    starts.append(seq)
+    _seq_ctxs.append(ctx)
+
+
+def _pre_hook(mod, args):
+    parent = scope.ctx
+    if parent is None:
+        parent = _DEFAULT
+    ctx = parent.child(mod)
+    if parent.module is None and parent.phase_source == "default" and _generates(mod) \
+            and id(mod) not in _watched:
+        watch(mod)  # from its next call on (a model moved with .to() is watched from the start)
+    _frames.stack.append((mod, scope.ctx))
+    scope.ctx = ctx
+    if torch.is_grad_enabled():
+        _record_range(ctx)
+    _mark_weights(mod)
+
+
+def _post_hook(mod, args, out):
+    stack = _frames.stack
+    if stack and stack[-1][0] is mod:  # hooks installed in the middle of a call find no frame
+        scope.ctx = stack.pop()[1]
+        if torch.is_grad_enabled():
+            _record_range(scope.ctx or _DEFAULT)
+
+
+def backward_context() -> Context | None:
+    """The context of the backward op being captured now (None outside the autograd engine)."""
+    node = torch._C._current_autograd_node()
+    if node is None:
+        return None
+    seq = node._sequence_nr()
+    i = bisect.bisect_right(_seq_starts, seq) - 1
+    if i < 0 or seq >= (1 << 63):  # AccumulateGrad has no forward op; or older than the ranges kept
+        return outer("backward", "call")
+    return _seq_ctxs[i].backward()
+
+
+# --------------------------------------------------------------------------------------------
+# generation phase and residency marks at the outermost call
+
+
+_CACHE_ARGS = ("past_key_values", "past_key_value", "layer_past", "kv_cache", "cache")
+
+
+_watched: set = set()  # ids of generative models with the keyword-reading hook below
+
+
+def _generates(mod) -> bool:
+    return hasattr(mod, "prepare_inputs_for_generation")  # transformers' GenerationMixin
+
+
+def watch(mod) -> None:
+    """Give a model that generates a per-module pre-hook that reads its keyword arguments (global
+    pre-hooks see positional ones only): the KV cache decides prefill or decode."""
+    if not _generates(mod) or id(mod) in _watched:
+        return
+    _watched.add(id(mod))
+    weakref.finalize(mod, _watched.discard, id(mod))
+    mod.register_forward_pre_hook(_generation_hook, with_kwargs=True)
+
+
+def module_moved(mod) -> None:
+    """A module tree moved onto the device: every parameter and buffer in it is a weight (also
+    the ones a fused kernel reads without calling their module), and a model that generates
+    is watched."""
+    for m in mod.modules():
+        _mark_weights(m)
+    watch(mod)
+
+
+def _generation_hook(mod, args, kwargs):
+    ctx = scope.ctx
+    if ctx is None or ctx.module != "" or ctx.phase_source != "default":
+        return None  # called inside another module, or under an explicit phase
+    _mark_kv_cache(kwargs)
+    cache = next((kwargs[k] for k in _CACHE_ARGS if kwargs.get(k) is not None), None)
+    filled = cache is not None and _cache_length(cache) > 0
+    if not filled and (mod.training or torch.is_grad_enabled() or kwargs.get("use_cache") is False):
+        return None  # a training (or cache-less) forward; generation runs without autograd
+    scope.ctx = outer("decode" if filled else "prefill", "call").child(mod)
+    if torch.is_grad_enabled():
+        _record_range(scope.ctx)
+    return None
+
+
+def _cache_length(cache) -> int:
+    get = getattr(cache, "get_seq_length", None)
+    if get is not None:
+        try:
+            return int(get())
+        except Exception:  # a cache class with another contract: no inference from it
+            return 0
+    for t in _cache_tensors(cache):
+        return t.shape[-2] if t.dim() >= 2 else t.numel()
+    return 0
+
+
+def _cache_tensors(obj, depth=0):
+    """The tensors held by a KV cache argument: transformers' Cache objects (layers of keys and
+    values, encoder-decoder pairs of caches) or nested tuples of tensors."""
+    if depth > 4 or obj is None:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _cache_tensors(x, depth + 1)
+    else:
+        for name in ("self_attention_cache", "cross_attention_cache"):
+            sub = getattr(obj, name, None)
+            if sub is not None:
+                yield from _cache_tensors(sub, depth + 1)
+        for layer in getattr(obj, "layers", ()) or ():
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    yield t
+
+
+def _mark(t, kind: str) -> None:
+    node = getattr(t, "_node", None)  # LazyTensors only
+    if node is not None:
+        notes = node.notes
+        if notes is None:
+            node.notes = {"residency": kind}
+        elif notes.get("residency") is None:
+            notes["residency"] = kind
+
+
+def _mark_kv_cache(kwargs) -> None:
+    for name in _CACHE_ARGS:
+        cache = kwargs.get(name)
+        if cache is not None:
+            for t in _cache_tensors(cache):
+                _mark(t, "kv_cache")
+
+
+def _mark_weights(mod) -> None:
+    for table in (mod._parameters, mod._buffers):
+        if table:
+            for t in table.values():
+                if t is not None:
+                    _mark(t, "weight")
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer hooks
+
+
+def _opt_pre(opt, args, kwargs):
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                _mark(p.grad, "gradient")
+    _frames.stack.append((opt, scope.ctx))
+    scope.ctx = outer("optimizer", "call")
+
+
+def _opt_post(opt, args, kwargs):
+    stack = _frames.stack
+    if stack and stack[-1][0] is opt:
+        scope.ctx = stack.pop()[1]
+    for group in opt.param_groups:
+        for p in group["params"]:
+            _mark(p, "weight")
+            for t in opt.state.get(p, {}).values():
+                if isinstance(t, torch.Tensor):
+                    _mark(t, "optimizer_state")
+
+
+# --------------------------------------------------------------------------------------------
+# the explicit API
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """``with genie.phase("decode"):`` -- every op captured in the block (and in the modules it
+    calls) has this phase, source ``explicit``; it wins over anything inferred."""
+    if name not in PHASES:
+        raise ValueError(f"genie.phase: unknown phase {name!r}; one of {', '.join(PHASES)}")
+    saved = scope.ctx
+    scope.ctx = outer(name, "explicit")
+    try:
+        yield
+    finally:
+        scope.ctx = saved
+
+
+@contextlib.contextmanager
+def keep_structure():
+    """``with genie.keep_structure():`` -- values computed in the block keep the graph that made
+    them, so ``genie.analyze`` sees whole programs even when they read values midway (an MoE
+    router, ``.item()`` in a loop). Costs the memory of the values upstream while it lasts."""
+    from ..graph.node import keep_structure as flag
+    flag.depth += 1
+    try:
+        yield
+    finally:
+        flag.depth -= 1
+
+
+# --------------------------------------------------------------------------------------------
+# installation
+
+
+_handles: list = []
+_lock = threading.Lock()
+_enabled = os.environ.get("GENIE_SEMANTICS", "1") != "0"
+
+
+def install() -> None:
+    """Install the hooks (idempotent). Called when the device is first used."""
+    from ..capture import dispatch
+    if not _enabled or _handles:
+        dispatch.first_use = None
+        return
+    with _lock:
+        if _handles:
+            return
+        _handles.append(_nn_module.register_module_forward_pre_hook(_pre_hook))
+        _handles.append(_nn_module.register_module_forward_hook(_post_hook, always_call=True))
+        _handles.append(_optimizer.register_optimizer_step_pre_hook(_opt_pre))
+        _handles.append(_optimizer.register_optimizer_step_post_hook(_opt_post))
+        dispatch.backward_context = backward_context
+        dispatch.module_moved = module_moved
+        dispatch.first_use = None
+
+
+def uninstall() -> None:
+    from ..capture import dispatch
+    with _lock:
+        for h in _handles:
+            h.remove()
+        _handles.clear()
+        dispatch.backward_context = None
+
+
+def installed() -> bool:
+    return bool(_handles)
+
+
+@contextlib.contextmanager
+def suspended():
+    """No module context for a block: the hooks are off, so eager module calls in it take
+    PyTorch's fast path (used for the eager baselines of the benchmarks)."""
+    was = installed()
+    uninstall()
+    try:
+        yield
+    finally:
+        if was:
+            install()
