@@ -291,13 +291,20 @@ def _mark_weights(mod) -> None:
 # optimizer hooks
 
 
+_optimizer_ctx: dict = {}  # optimizer class name -> its step's context (no module; the class named)
+
+
 def _opt_pre(opt, args, kwargs):
     for group in opt.param_groups:
         for p in group["params"]:
             if p.grad is not None:
                 _mark(p.grad, "gradient")
     _frames.stack.append((opt, scope.ctx))
-    scope.ctx = outer("optimizer", "call")
+    name = type(opt).__name__
+    ctx = _optimizer_ctx.get(name)
+    if ctx is None:
+        ctx = _optimizer_ctx.setdefault(name, Context(None, name, "optimizer", "call"))
+    scope.ctx = ctx
 
 
 def _opt_post(opt, args, kwargs):

@@ -358,21 +358,28 @@ def _through_layer(pg: PatternGraph, skip: Node, branch: Node, limit: int = 4096
 @register("kv_cache_update")
 def kv_cache_update(pg: PatternGraph):
     """A cache tensor grown (cat along the sequence) or written in place (index_copy_, a slice
-    copy) each step: a cat or write whose cache operand was passed in as a KV cache, or, in the
-    first step, a cat onto an empty tensor whose result attention reads as its keys or values."""
+    copy) each step: a cat or write whose cache operand was passed in as a KV cache or made by an
+    earlier update; in the first step, a cat onto an empty tensor whose result attention reads as
+    its keys or values, or that a later step grows again."""
     kv_sources = {}
     for m in pg.matches.get("attention", ()):
         for role in ("k", "v"):
             kv_sources[id(m.details[role])] = (role, m)
+    cats = []
     for cat in pg.ops("aten::cat"):
         parts = cat.args[0] if cat.args and isinstance(cat.args[0], (list, tuple)) else ()
         parts = [p for p in parts if isinstance(p, Node)]
-        if len(parts) < 2:
-            continue
-        cached = [p for p in parts if pg.source(p).residency == "kv_cache" or p.residency == "kv_cache"]
+        if len(parts) >= 2:
+            cats.append((cat, parts))
+    regrown = {id(pg.source(p)) for _, parts in cats for p in parts}  # cats that another cat grows
+    grown: set = set()  # caches made by the updates found so far (the next step grows them again)
+    for cat, parts in cats:
+        cached = [p for p in parts if p.residency == "kv_cache" or pg.source(p).residency == "kv_cache"
+                  or id(pg.source(p)) in grown]
         empty = [p for p in parts if p.spec.shape.numel() == 0]
         role = kv_sources.get(id(cat))
-        if cached or (empty and role is not None):
+        if cached or (empty and (role is not None or id(cat) in regrown)):
+            grown.add(id(cat))
             yield make_match("kv_cache_update", [cat], cat, cache=(cached or empty)[0],
                              role=role[0] if role else None, grows=True)
     for w in pg.ops(CACHE_WRITE_OPS):

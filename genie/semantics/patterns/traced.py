@@ -8,9 +8,11 @@ variants are kept). Nothing runs: the capture only builds nodes.
 Matching is anchored, in the spirit of inductor's pattern matcher: candidates are the graph's
 nodes with the pattern output's op (from the op index), and the pattern is compared from there
 up through the inputs. Pattern inputs are wildcards bound consistently (one argument, one graph
-node); ops compare by normalized name; float constants compare by value; integer arguments
-(sizes, dims) and shapes are not compared, so one pattern matches every size. Graph nodes a
-match uses inside the pattern may have other users.
+value); ops compare by normalized name; float constants compare by value; integer arguments
+(sizes, dims) and shapes are not compared, and reshapes, transposes and casts are looked
+through on both sides (``F.linear`` on a 3-d input adds views around its product that a 2-d
+example does not have), so one pattern matches every size and layout. Graph nodes a match uses
+inside the pattern may have other users.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from ...graph.graph import graph_of
 from ...graph.node import Node
 from . import make_match
-from .index import PatternGraph
+from .index import VIEW_OPS, PatternGraph, _first_tensor
 
 
 class _PatternNode:
@@ -56,7 +58,7 @@ class TracedPattern:
                     continue
                 bindings: dict = {}
                 covered: list = []
-                if _match(root, cand, bindings, covered):
+                if _match(pg, root, cand, bindings, covered):
                     m = make_match(self.kind, covered, cand, bindings=dict(bindings))
                     if self.predicate is None or self.predicate(m):
                         found[id(cand)] = m
@@ -86,6 +88,8 @@ def _trace(fn, example_inputs, names, grad: bool) -> _PatternNode:
                 name = by_node.get(id(a))
                 if name is not None:
                     hit = _PatternNode(None, (), name)
+                elif a.op in VIEW_OPS and _first_tensor(a) is not None:
+                    hit = convert(_first_tensor(a))
                 else:
                     hit = _PatternNode(a.op, tuple(convert(x) for x in a.args) + tuple(
                         convert(v) for v in a.kwargs.values()))
@@ -104,10 +108,12 @@ def _trace(fn, example_inputs, names, grad: bool) -> _PatternNode:
     return root
 
 
-def _match(p, g, bindings: dict, covered: list) -> bool:
+def _match(pg, p, g, bindings: dict, covered: list) -> bool:
     if isinstance(p, _PatternNode):
         if not isinstance(g, Node):
             return False
+        trail: list = []
+        g = pg.source(g, trail)
         if p.op is None:
             bound = bindings.get(p.input_name)
             if bound is None:
@@ -120,13 +126,14 @@ def _match(p, g, bindings: dict, covered: list) -> bool:
         if len(gargs) != len(p.args):
             return False
         for pa, ga in zip(p.args, gargs):
-            if not _match(pa, ga, bindings, covered):
+            if not _match(pg, pa, ga, bindings, covered):
                 return False
+        covered.extend(trail)
         covered.append(g)
         return True
     if isinstance(p, tuple):
         return isinstance(g, (list, tuple)) and len(g) == len(p) and all(
-            _match(a, b, bindings, covered) for a, b in zip(p, g))
+            _match(pg, a, b, bindings, covered) for a, b in zip(p, g))
     if isinstance(p, float):
         return isinstance(g, (int, float)) and float(g) == p
     return True
