@@ -128,6 +128,33 @@ def test_suspended_hooks_record_no_module():
     assert net(_up(torch.randn(2, 6))).genie_node.module_path == "head"
 
 
+def test_models_built_on_the_device_are_tracked():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6, device=DEVICE), nn.ReLU(), nn.Sequential(nn.Linear(6, 2, device=DEVICE)))
+    y = net(_up(torch.randn(3, 6)))
+    paths = {n.module_path for n in genie.graph_of(y).nodes}
+    assert {"0", "1", "2.0"} <= paths
+    assert all(context.tracked(m) for m in net.modules())
+    assert all(p.genie_node.residency == "weight" for p in net.parameters())
+
+
+def test_deepcopy_keeps_tracking_and_moving_off_the_device_ends_it():
+    import copy
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(3, 6)
+    expected = net(x)
+    lnet = net.to(DEVICE)
+    twin = copy.deepcopy(lnet)
+    assert twin.forward.__self__ is twin  # the copy's forward runs the copy
+    y = twin(_up(x))
+    assert y.genie_node.module_path == "head"
+    _close(y, expected)
+    back = twin.cpu()
+    assert not any(context.tracked(m) for m in back.modules())
+    assert "forward" not in back.__dict__
+    assert torch.allclose(back(x), expected, atol=1e-6)
+
+
 def test_module_hooks_do_not_change_values_or_module_results():
     torch.manual_seed(0)
     net, x = Net(), torch.randn(3, 6)

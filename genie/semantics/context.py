@@ -7,18 +7,22 @@ forward) and where the phase came from. Contexts are shared: one per (module cal
 so a node pays one pointer for all of it.
 
 How the context is kept current:
-- Modules: global forward pre/post hooks push and pop the context. They are installed only once
-  the device is used (``install``, called from the capture path's first miss), because any
-  global module hook moves every module call of the process, eager ones included, off
-  ``Module.__call__``'s fast path (about 3 us per call on this machine's CPU). ``suspended()``
-  takes them off for a block (eager baselines in benchmarks), ``GENIE_SEMANTICS=0`` never installs them.
-- Backward: autograd runs backward ops with no module on the stack. The forward hooks record, per
-  thread, which context was current for each range of autograd sequence numbers (every autograd
-  node gets the next number when its forward op runs); a backward op asks the engine for the
-  node it is executing (``torch._C._current_autograd_node``) and takes the module of the range
-  its sequence number falls in, with phase backward. This is how torch.fx's tracer links the two
-  passes too (``seq_nr`` node meta).
-- Optimizer: ``torch.optim``'s global step pre/post hooks.
+- Modules: every module of a tree moved onto the device (``model.to("remote_accelerator")``), or
+  built there (a parameter or buffer made on the device registers its module, and a module
+  registered under a tracked one is tracked), gets an instance-level ``forward`` that sets the
+  context around the class's forward. Not global module hooks: any global hook moves every module
+  call of the process, eager ones included, off ``Module.__call__``'s fast path (about 3 us per
+  call here, 5-20% of a small transformer's capture); an instance ``forward`` is a method
+  lookup ``Module.__call__`` does anyway, and modules that never touch the device pay nothing.
+  ``untrack`` (and a move off the device) removes it; ``deepcopy`` rebinds it to the copy.
+  ``GENIE_SEMANTICS=0`` turns it all off; ``suspended()`` for a block.
+- Backward: autograd runs backward ops with no module on the stack. The forwards record which
+  context was current for each range of autograd sequence numbers (every autograd node gets the
+  next number when its forward op runs); a backward op asks the engine for the node it is
+  executing (``torch._C._current_autograd_node``) and takes the module of the range its sequence
+  number falls in, with phase backward. This is how torch.fx's tracer links the two passes too
+  (``seq_nr`` node meta).
+- Optimizer: ``torch.optim``'s global step pre/post hooks (one call per step).
 - Generation: an explicit ``with genie.phase("decode")`` wins; else, at the outermost call of a
   model that generates (transformers' ``GenerationMixin``), a KV cache that already holds
   positions means decode and an empty one prefill (source ``call``); the graph heuristic
@@ -31,6 +35,7 @@ import bisect
 import contextlib
 import os
 import threading
+import types
 import weakref
 
 import torch
@@ -144,27 +149,125 @@ def _record_range(ctx: Context) -> None:
     _seq_ctxs.append(ctx)
 
 
-def _pre_hook(mod, args):
+def _context_forward(self, *args, **kwargs):
+    """The instance ``forward`` of a tracked module: the class's forward in this module's context.
+    (Kept lean: it runs on every module call; the outermost call does the rest in ``_outermost``.)"""
     parent = scope.ctx
-    if parent is None:
-        parent = _DEFAULT
-    ctx = parent.child(mod)
-    if parent.module is None and parent.phase_source == "default" and _generates(mod) \
-            and id(mod) not in _watched:
-        watch(mod)  # from its next call on (a model moved with .to() is watched from the start)
-    _frames.stack.append((mod, scope.ctx))
+    if parent is None or parent.module is None:
+        ctx = _outermost(self, parent, kwargs)
+    else:
+        hit = parent._children.get(id(self))
+        ctx = hit[1] if hit is not None and hit[0]() is self else parent.child(self)
     scope.ctx = ctx
-    if torch.is_grad_enabled():
+    grad = _grad_enabled()
+    if grad:
         _record_range(ctx)
-    _mark_weights(mod)
+    if self._parameters or self._buffers:
+        _mark_weights(self)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        scope.ctx = parent
+        if grad:
+            _record_range(parent if parent is not None else _DEFAULT)
 
 
-def _post_hook(mod, args, out):
-    stack = _frames.stack
-    if stack and stack[-1][0] is mod:  # hooks installed in the middle of a call find no frame
-        scope.ctx = stack.pop()[1]
-        if torch.is_grad_enabled():
-            _record_range(scope.ctx or _DEFAULT)
+def _context_forward_own(self, *args, **kwargs):
+    """As ``_context_forward``, for a module whose user gave it an instance forward of its own."""
+    own = self.__dict__["_genie_forward"]
+    parent = scope.ctx
+    if parent is None or parent.module is None:
+        ctx = _outermost(self, parent, kwargs)
+    else:
+        ctx = parent.child(self)
+    scope.ctx = ctx
+    grad = _grad_enabled()
+    if grad:
+        _record_range(ctx)
+    if self._parameters or self._buffers:
+        _mark_weights(self)
+    try:
+        return own(*args, **kwargs)
+    finally:
+        scope.ctx = parent
+        if grad:
+            _record_range(parent if parent is not None else _DEFAULT)
+
+
+def _outermost(mod, parent, kwargs) -> Context:
+    outer_ctx = parent if parent is not None else _DEFAULT
+    if outer_ctx.phase_source == "default" and _generates(mod):
+        outer_ctx = _generation_outer(mod, kwargs) or outer_ctx
+    if kwargs:
+        _mark_kv_cache(kwargs)
+    return outer_ctx.child(mod)
+
+
+# a pickled module unpickles with its class's forward
+_context_forward.__name__ = _context_forward_own.__name__ = "forward"
+_grad_enabled = torch.is_grad_enabled
+_tracked = weakref.WeakSet()  # modules given the instance forward by track() (copies are not listed)
+
+
+def tracked(mod: torch.nn.Module) -> bool:
+    """Does ``mod`` run in module context (it has the instance forward; a deep copy of a tracked
+    module has it too, bound to the copy)?"""
+    f = mod.__dict__.get("forward")
+    return isinstance(f, types.MethodType) and f.__func__ in (_context_forward, _context_forward_own)
+
+
+def track(mod: torch.nn.Module) -> None:
+    """Give ``mod`` and every module below it the context-setting instance ``forward``."""
+    if not _enabled:
+        return
+    for m in mod.modules():
+        if tracked(m):
+            continue
+        own = m.__dict__.get("forward")
+        if own is not None:  # an instance forward of the user's: called inside ours
+            m.__dict__["_genie_forward"] = own
+        m.__dict__["forward"] = types.MethodType(_context_forward if own is None else _context_forward_own, m)
+        _tracked.add(m)
+
+
+def untrack(mod: torch.nn.Module) -> None:
+    """Remove the instance ``forward`` from ``mod`` and the modules below it."""
+    for m in mod.modules():
+        if tracked(m):
+            own = m.__dict__.pop("_genie_forward", None)
+            if own is not None:
+                m.__dict__["forward"] = own
+            else:
+                del m.__dict__["forward"]
+        _tracked.discard(m)
+
+
+def _holds_device_tensors(mod) -> bool:
+    for table in (mod._parameters, mod._buffers):
+        for t in table.values():
+            if t is not None and getattr(t, "_node", None) is not None:
+                return True
+    return False
+
+
+def _on_tensor_registered(mod, name, tensor):
+    """A parameter or buffer registered on a module (construction on the device)."""
+    if tensor is not None and getattr(tensor, "_node", None) is not None and not tracked(mod):
+        track(mod)
+        _mark(tensor, "weight")
+    return None
+
+
+def _on_module_registered(mod, name, sub):
+    """A submodule registered: below a tracked module, or holding device tensors, it is tracked
+    (and so is the module it joins, when the submodule is on the device)."""
+    if sub is None:
+        return None
+    if tracked(mod):
+        track(sub)
+    elif tracked(sub) or any(_holds_device_tensors(m) for m in sub.modules()):
+        track(mod)
+    return None
 
 
 def backward_context() -> Context | None:
@@ -186,45 +289,40 @@ def backward_context() -> Context | None:
 _CACHE_ARGS = ("past_key_values", "past_key_value", "layer_past", "kv_cache", "cache")
 
 
-_watched: set = set()  # ids of generative models with the keyword-reading hook below
+_generating_classes: dict = {}
 
 
 def _generates(mod) -> bool:
-    return hasattr(mod, "prepare_inputs_for_generation")  # transformers' GenerationMixin
-
-
-def watch(mod) -> None:
-    """Give a model that generates a per-module pre-hook that reads its keyword arguments (global
-    pre-hooks see positional ones only): the KV cache decides prefill or decode."""
-    if not _generates(mod) or id(mod) in _watched:
-        return
-    _watched.add(id(mod))
-    weakref.finalize(mod, _watched.discard, id(mod))
-    mod.register_forward_pre_hook(_generation_hook, with_kwargs=True)
+    """Is this a model that generates (transformers' GenerationMixin)? Per class: ``hasattr`` on
+    a module costs an exception when the answer is no."""
+    cls = type(mod)
+    known = _generating_classes.get(cls)
+    if known is None:
+        known = _generating_classes[cls] = hasattr(cls, "prepare_inputs_for_generation")
+    return known
 
 
 def module_moved(mod) -> None:
-    """A module tree moved onto the device: every parameter and buffer in it is a weight (also
-    the ones a fused kernel reads without calling their module), and a model that generates
-    is watched."""
-    for m in mod.modules():
-        _mark_weights(m)
-    watch(mod)
+    """A module tree moved onto the device (or off it): its parameters and buffers are weights
+    (also the ones a fused kernel reads without calling their module), and it is tracked; moved
+    off the device, it is not any more."""
+    if any(_holds_device_tensors(m) for m in mod.modules()):
+        for m in mod.modules():
+            _mark_weights(m)
+        track(mod)
+    else:
+        untrack(mod)
 
 
-def _generation_hook(mod, args, kwargs):
-    ctx = scope.ctx
-    if ctx is None or ctx.module != "" or ctx.phase_source != "default":
-        return None  # called inside another module, or under an explicit phase
-    _mark_kv_cache(kwargs)
+def _generation_outer(mod, kwargs) -> Context | None:
+    """prefill or decode, from the call of a model that generates: a KV cache that already holds
+    positions means decode; a forward without one is prefill when it runs without autograd
+    (generation does), else a training forward."""
     cache = next((kwargs[k] for k in _CACHE_ARGS if kwargs.get(k) is not None), None)
     filled = cache is not None and _cache_length(cache) > 0
     if not filled and (mod.training or torch.is_grad_enabled() or kwargs.get("use_cache") is False):
-        return None  # a training (or cache-less) forward; generation runs without autograd
-    scope.ctx = outer("decode" if filled else "prefill", "call").child(mod)
-    if torch.is_grad_enabled():
-        _record_range(scope.ctx)
-    return None
+        return None
+    return outer("decode" if filled else "prefill", "call")
 
 
 def _cache_length(cache) -> int:
@@ -280,11 +378,17 @@ def _mark_kv_cache(kwargs) -> None:
 
 
 def _mark_weights(mod) -> None:
+    """Every call: a parameter's value is a new node after each update (optimizer step, in-place
+    write), and a buffer's after each forward that writes it (batch norm statistics)."""
     for table in (mod._parameters, mod._buffers):
-        if table:
-            for t in table.values():
-                if t is not None:
-                    _mark(t, "weight")
+        for t in table.values():
+            node = getattr(t, "_node", None)
+            if node is not None:
+                notes = node.notes
+                if notes is None:
+                    node.notes = {"residency": "weight"}
+                elif "residency" not in notes:
+                    notes["residency"] = "weight"
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,21 +464,22 @@ _enabled = os.environ.get("GENIE_SEMANTICS", "1") != "0"
 
 
 def install() -> None:
-    """Install the hooks (idempotent). Called when the device is first used."""
+    """Install the process-wide parts (idempotent): the backward and optimizer links and the
+    registration hooks that track modules built on the device. Called on the first capture."""
     from ..capture import dispatch
+    dispatch.first_use = None
     if not _enabled or _handles:
-        dispatch.first_use = None
         return
     with _lock:
         if _handles:
             return
-        _handles.append(_nn_module.register_module_forward_pre_hook(_pre_hook))
-        _handles.append(_nn_module.register_module_forward_hook(_post_hook, always_call=True))
         _handles.append(_optimizer.register_optimizer_step_pre_hook(_opt_pre))
         _handles.append(_optimizer.register_optimizer_step_post_hook(_opt_post))
+        _handles.append(_nn_module.register_module_parameter_registration_hook(_on_tensor_registered))
+        _handles.append(_nn_module.register_module_buffer_registration_hook(_on_tensor_registered))
+        _handles.append(_nn_module.register_module_module_registration_hook(_on_module_registered))
         dispatch.backward_context = backward_context
         dispatch.module_moved = module_moved
-        dispatch.first_use = None
 
 
 def uninstall() -> None:
@@ -384,6 +489,7 @@ def uninstall() -> None:
             h.remove()
         _handles.clear()
         dispatch.backward_context = None
+        dispatch.module_moved = None
 
 
 def installed() -> bool:
@@ -392,12 +498,21 @@ def installed() -> bool:
 
 @contextlib.contextmanager
 def suspended():
-    """No module context for a block: the hooks are off, so eager module calls in it take
-    PyTorch's fast path (used for the eager baselines of the benchmarks)."""
-    was = installed()
+    """No semantic context for a block: tracked modules run their class's forward directly, no
+    backward or optimizer phase is recorded. (Benchmarks time capture with and without it.)"""
+    global _enabled
+    was_installed, was_enabled = installed(), _enabled
+    saved = list(_tracked)
+    untrack_all = [m for m in saved]
+    for m in untrack_all:
+        untrack(m)
     uninstall()
+    _enabled = False
     try:
         yield
     finally:
-        if was:
+        _enabled = was_enabled
+        if was_installed:
             install()
+        for m in saved:
+            track(m)

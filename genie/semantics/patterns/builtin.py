@@ -336,14 +336,13 @@ def _shortcut_chain(pg: PatternGraph, skip: Node):
 
 def _through_layer(pg: PatternGraph, skip: Node, branch: Node, limit: int = 4096) -> bool:
     """Does ``branch`` depend on ``skip`` through a layer (a product, convolution, norm, attention)?"""
-    stack, seen, heavy_paths = [(branch, branch.op in _HEAVY)], set(), False
+    stack, seen = [(branch, branch.op in _HEAVY)], set()
     while stack and len(seen) < limit:
         n, heavy = stack.pop()
         for d in _tensor_args(n):
             if d is skip:
                 if heavy:
                     return True
-                heavy_paths = True
                 continue
             if d.id > skip.id and (id(d), heavy) not in seen:
                 seen.add((id(d), heavy))
