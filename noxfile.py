@@ -33,7 +33,7 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and property tests with coverage (fail under 85%); HTML under reports/coverage/."""
-    _install(session, "test")
+    _install(session, "test,plot")
     os.makedirs(os.path.join(REPORTS, "coverage"), exist_ok=True)
     session.run(
         "pytest", "tests", "-p", "no:cacheprovider",
