@@ -198,7 +198,9 @@ class Node:
 
     @property
     def residency(self) -> str:
-        """weight, kv_cache, gradient, optimizer_state or activation (see semantics/residency.py)."""
+        """weight, kv_cache, gradient, optimizer_state or activation: a mark set by semantics (context.py marks
+        parameters, buffers, KV caches, gradients and optimizer state; analysis.py marks grown caches),
+        else by phase (backward values are gradients, optimizer-step values optimizer state)."""
         notes = self.notes
         if notes is not None:
             mark = notes.get("residency")
