@@ -382,13 +382,14 @@ def _mark_weights(mod) -> None:
     write), and a buffer's after each forward that writes it (batch norm statistics)."""
     for table in (mod._parameters, mod._buffers):
         for t in table.values():
-            node = getattr(t, "_node", None)
-            if node is not None:
-                notes = node.notes
-                if notes is None:
-                    node.notes = {"residency": "weight"}
-                elif "residency" not in notes:
-                    notes["residency"] = "weight"
+            try:
+                notes = t._node.notes
+            except AttributeError:  # None, or a tensor that is not on the device
+                continue
+            if notes is None:
+                t._node.notes = {"residency": "weight"}
+            elif "residency" not in notes:
+                notes["residency"] = "weight"
 
 
 # --------------------------------------------------------------------------------------------
