@@ -63,7 +63,8 @@ def conformance(session: nox.Session, device: str) -> None:
                             silent=True, external=True)
         if "True" not in (probe or ""):
             session.skip("conformance(device='cuda'): CUDA is not available on this machine")
-    out = os.path.join(REPORTS, "conformance")
+    # the CPU matrix is the main job's report; the CUDA one goes beside it, not over it
+    out = os.path.join(REPORTS, "conformance" if device == "cpu" else f"conformance-{device}")
     os.makedirs(out, exist_ok=True)
     workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
     session.run(

@@ -64,6 +64,7 @@ def write_index(reports: str, rows) -> str:
                      f"{s['aten_exercised']}")
     links = [("coverage/index.html", "Coverage (nox -s tests)"),
              ("conformance/index.html", "Conformance matrix (nox -s conformance)"),
+             ("conformance-cuda/index.html", "Conformance matrix executed on CUDA (nox -s \"conformance(device='cuda')\")"),
              ("conformance-remote/index.html", "Model zoo executed on a genie server (nox -s conformance_remote)"),
              ("perf/index.html", "asv history (nox -s perf_report)")]
     link_html = "".join(

@@ -87,7 +87,10 @@ class _DeviceModule:
 
     @staticmethod
     def get_amp_supported_dtype():
-        return [torch.float16, torch.bfloat16]
+        # No autocast kernels are registered for AutocastPrivateUse1 (the casts would have to be the
+        # execution device's autocast policy): torch.autocast on this device warns and stays off,
+        # as on any device without AMP, instead of failing at the first op.
+        return []
 
     @staticmethod
     def is_bf16_supported() -> bool:
