@@ -135,6 +135,7 @@ def test_models_built_on_the_device_are_tracked():
     paths = {n.module_path for n in genie.graph_of(y).nodes}
     assert {"0", "1", "2.0"} <= paths
     assert all(context.tracked(m) for m in net.modules())
+    genie.analyze(genie.graph_of(y))  # marks the current weights of the modules in the graph
     assert all(p.genie_node.residency == "weight" for p in net.parameters())
 
 

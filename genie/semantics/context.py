@@ -15,6 +15,8 @@ How the context is kept current:
   call here, 5-20% of a small transformer's capture); an instance ``forward`` is a method
   lookup ``Module.__call__`` does anyway, and modules that never touch the device pay nothing.
   ``untrack`` (and a move off the device) removes it; ``deepcopy`` rebinds it to the copy.
+  Residency marks (weights) are made when a tree moves onto the device, around optimizer steps,
+  and for the modules of a graph when it is analyzed: not per call, which is the hot path.
   ``GENIE_SEMANTICS=0`` turns it all off; ``suspended()`` for a block.
 - Backward: autograd runs backward ops with no module on the stack. The forwards record which
   context was current for each range of autograd sequence numbers (every autograd node gets the
@@ -162,8 +164,6 @@ def _context_forward(self, *args, **kwargs):
     grad = _grad_enabled()
     if grad:
         _record_range(ctx)
-    if self._parameters or self._buffers:
-        _mark_weights(self)
     try:
         return type(self).forward(self, *args, **kwargs)
     finally:
@@ -184,8 +184,6 @@ def _context_forward_own(self, *args, **kwargs):
     grad = _grad_enabled()
     if grad:
         _record_range(ctx)
-    if self._parameters or self._buffers:
-        _mark_weights(self)
     try:
         return own(*args, **kwargs)
     finally:
@@ -378,8 +376,9 @@ def _mark_kv_cache(kwargs) -> None:
 
 
 def _mark_weights(mod) -> None:
-    """Every call: a parameter's value is a new node after each update (optimizer step, in-place
-    write), and a buffer's after each forward that writes it (batch norm statistics)."""
+    """The current values of ``mod``'s own parameters and buffers are weights. Done when a tree
+    moves onto the device, around each optimizer step, and for the modules of a graph when it is
+    analyzed (``mark_graph_weights``), not on every module call: the call is the hot path."""
     for table in (mod._parameters, mod._buffers):
         for t in table.values():
             try:
@@ -392,6 +391,19 @@ def _mark_weights(mod) -> None:
                 notes["residency"] = "weight"
 
 
+def mark_graph_weights(nodes) -> None:
+    """Mark the current parameters and buffers of every module that issued one of ``nodes``
+    (a value written since the last mark, such as batch norm statistics, becomes a weight too)."""
+    seen = set()
+    for n in nodes:
+        ctx = n.ctx
+        if ctx is not None and ctx._module_ref is not None and id(ctx) not in seen:
+            seen.add(id(ctx))
+            mod = ctx._module_ref()
+            if mod is not None:
+                _mark_weights(mod)
+
+
 # --------------------------------------------------------------------------------------------
 # optimizer hooks
 
@@ -402,6 +414,7 @@ _optimizer_ctx: dict = {}  # optimizer class name -> its step's context (no modu
 def _opt_pre(opt, args, kwargs):
     for group in opt.param_groups:
         for p in group["params"]:
+            _mark(p, "weight")  # the value the forward read, before the step replaces it
             if p.grad is not None:
                 _mark(p.grad, "gradient")
     _frames.stack.append((opt, scope.ctx))

@@ -55,8 +55,10 @@ class PatternGraph:
     """A captured graph, indexed for recognition."""
 
     def __init__(self, graph: Graph):
+        from ..context import mark_graph_weights
         self.graph = graph
         self.nodes = graph.nodes
+        mark_graph_weights(self.nodes)  # the recognizers tell layers from attention by their weights
         self._users = graph._users
         self.by_op: dict[str, list[Node]] = defaultdict(list)
         for n in self.nodes:
