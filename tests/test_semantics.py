@@ -404,3 +404,15 @@ def test_float_constants_in_a_pattern_must_agree():
         assert _kinds(F.gelu(a) * 0.25, kinds=["half_gelu"]) == []
     finally:
         genie.patterns.unregister("half_gelu")
+
+
+def test_genie_semantics_0_turns_context_off():
+    import subprocess
+    import sys
+    code = ("import torch, genie; m = torch.nn.Linear(2, 2).to('remote_accelerator'); "
+            "y = m(torch.ones(1, 2).to('remote_accelerator')); "
+            "print(y.genie_node.module_path, 'forward' in m.__dict__, y.cpu().shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "GENIE_SEMANTICS": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "False", "torch.Size([1,", "2])"]
