@@ -146,7 +146,7 @@ def test_deepcopy_keeps_tracking_and_moving_off_the_device_ends_it():
     expected = net(x)
     lnet = net.to(DEVICE)
     twin = copy.deepcopy(lnet)
-    assert twin.forward.__self__ is twin  # the copy's forward runs the copy
+    assert twin.forward.module is twin  # the copy's forward runs the copy
     y = twin(_up(x))
     assert y.genie_node.module_path == "head"
     _close(y, expected)
@@ -154,6 +154,126 @@ def test_deepcopy_keeps_tracking_and_moving_off_the_device_ends_it():
     assert not any(context.tracked(m) for m in back.modules())
     assert "forward" not in back.__dict__
     assert torch.allclose(back(x), expected, atol=1e-6)
+
+
+class StaticAct(nn.Module):
+    @staticmethod
+    def forward(x):  # written as some model zoos write activations
+        return x * torch.sigmoid(x)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = 1.0
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, attention_mask=None, *, position_ids=None):
+        return self.lin(x) * self.scale
+
+
+def test_the_context_forward_is_transparent():
+    import copy
+    import inspect
+    import io
+    torch.manual_seed(0)
+    m, x = Scaled(), torch.randn(2, 4)
+    expected = m(x)
+    lm = m.to(DEVICE)
+    # the signature callers inspect (transformers decides which inputs to build from it)
+    assert list(inspect.signature(lm.forward).parameters) == ["x", "attention_mask", "position_ids"]
+    # a shallow copy runs itself, not the module it was copied from
+    c = copy.copy(lm)
+    c.scale = 5.0
+    _close(c(_up(x)), expected * 5.0)
+    assert c.forward.module is c and context.tracked(c)
+    # a staticmethod forward binds as Python binds it
+    act = StaticAct().to(DEVICE)
+    context.track(act)
+    _close(act(_up(x)), x * torch.sigmoid(x))
+    # pickled and loaded: still the module's own forward (and its user's instance forward, if any)
+    lm.forward_calls = 0
+    own = Scaled.forward.__get__(lm)
+
+    def counting(*a, **k):
+        lm.forward_calls += 1
+        return own(*a, **k)
+
+    context.untrack(lm)
+    lm.forward = counting
+    context.track(lm)
+    lm(_up(x))
+    assert lm.forward_calls == 1
+    buf = io.BytesIO()
+    torch.save(Scaled().to(DEVICE), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded.forward.module is loaded and loaded(_up(x)).genie_node.module_path == ""
+
+
+def test_optimizer_phase_ends_with_a_failed_step_and_spares_closures():
+    torch.manual_seed(0)
+    net = Net().to(DEVICE)
+    x = _up(torch.randn(3, 6))
+    lbfgs = torch.optim.LBFGS(net.parameters(), max_iter=1)
+    seen = []
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = net(x).square().mean()
+        seen.append(loss.genie_node.phase)
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    assert seen and set(seen) == {"forward"}
+
+    class Failing(torch.optim.SGD):
+        def step(self, closure=None):
+            raise RuntimeError("no step today")
+
+    bad = Failing(net.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="no step today"):
+        bad.step()
+    assert net(x).genie_node.phase == "forward"
+    with pytest.raises(RuntimeError, match="no step today"):
+        bad.step()  # the stale frame of the last failure goes first
+    assert len(context._frames.stack) == 1
+    torch.optim.SGD(net.parameters(), lr=0.1).step()  # the next step that completes unwinds it
+    assert context._frames.stack == [] and genie.graph.node.scope.ctx is None
+
+
+def test_pattern_registration_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    first = host(torch.rand(4, device=DEVICE))
+
+    torch.manual_seed(0)
+
+    @genie.patterns.register("dropped", example_inputs=(torch.randn(4),))
+    def dropped(x):
+        return F.dropout(x, 0.5, training=True).relu()
+
+    try:
+        assert torch.equal(host(torch.rand(4, device=DEVICE)), first)
+    finally:
+        genie.patterns.unregister("dropped")
+
+
+def test_a_plugin_attention_kind_does_not_break_analysis():
+    @genie.patterns.register("attention", example_inputs=(torch.randn(2, 3), torch.randn(3, 3)))
+    def scores(q, k):
+        return torch.softmax(q @ k, -1)
+
+    try:
+        q = _up(torch.randn(2, 3))
+        analysis = genie.analyze(genie.graph_of(torch.softmax(q @ _up(torch.randn(3, 3)), -1)))
+        assert [m.kind for m in analysis.matches] == ["attention"]
+    finally:
+        genie.patterns.unregister("attention")
+        from genie.semantics.patterns import builtin
+        genie.patterns.register("attention")(builtin.attention)  # the built-in one, back in its place
+        order = [e.kind for e in genie.patterns._registry]
+        genie.patterns._registry.insert(0, genie.patterns._registry.pop(order.index("attention")))
 
 
 def test_module_hooks_do_not_change_values_or_module_results():
@@ -416,3 +536,28 @@ def test_genie_semantics_0_turns_context_off():
                          env={**__import__("os").environ, "GENIE_SEMANTICS": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "False", "torch.Size([1,", "2])"]
+
+
+def test_python_backward_ops_take_the_forward_module():
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2.0 + torch.zeros(g.shape, device=g.device)  # a dunder and a factory
+
+    class UsesTwice(nn.Module):
+        def forward(self, x):
+            return Twice.apply(x)
+
+    m = UsesTwice().to(DEVICE)
+    context.track(m)
+    for _ in range(3):  # the operator fast path's cache is warm from the second round on
+        x = _up(torch.randn(3)).requires_grad_()
+        m(x).sum().backward()
+        g = genie.graph_of(x.grad)
+        ops = {n.op: (n.phase, n.module_path) for n in g.nodes if n.op in ("aten::mul", "aten::zeros")}
+        assert ops == {"aten::mul": ("backward", ""), "aten::zeros": ("backward", "")}, ops
+        assert torch.equal(host(x.grad), torch.full((3,), 2.0))

@@ -36,6 +36,7 @@ LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches
 _materialize = None  # bound by genie/execution/scheduler.py
 first_use = None  # genie/semantics installs its hooks through this on the first capture
 module_moved = None  # semantics: called with each module moved onto (or off) the device
+module_restored = None  # semantics: called with each module whose state was just set (copies, unpickling)
 backward_context = None  # semantics: the module context of a backward op being captured
 _autograd_node = torch._C._current_autograd_node
 

@@ -19,6 +19,17 @@ def capture_factory(func, args, kwargs):
     pin_memory, ...) are hashable constants, so they enter the signature as they are."""
     if dispatch.first_use is not None:
         dispatch.first_use()
+    if dispatch.backward_context is not None and dispatch._autograd_node() is not None:
+        saved = dispatch.node_scope.ctx
+        dispatch.node_scope.ctx = dispatch.backward_context()  # a factory in a backward formula
+        try:
+            return _capture_factory(func, args, kwargs)
+        finally:
+            dispatch.node_scope.ctx = saved
+    return _capture_factory(func, args, kwargs)
+
+
+def _capture_factory(func, args, kwargs):
     oc = _classes.get(id(func)) or classify(func)
     if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
         _quantized(func, args, kwargs)

@@ -21,6 +21,7 @@ _grad_enabled = torch.is_grad_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _autocast = torch._C._is_any_autocast_enabled
+_autograd_node = torch._C._current_autograd_node
 _SCALARS = (int, float, bool)
 
 
@@ -28,8 +29,11 @@ def _fast(oc, a, b):
     """The LazyTensor for ``oc.func(a, b)`` if the fast path applies, else None."""
     if _dispatch_modes() or _function_modes() or _autocast():
         return None
-    if a.requires_grad and _grad_enabled():
-        return None
+    if _grad_enabled():
+        if a.requires_grad:
+            return None
+    elif dispatch.backward_context is not None and _autograd_node() is not None:
+        return None  # a custom Function's Python backward: captured in its forward module's context
     s = a._storage
     if s is not None and a._version != s.version:
         return None

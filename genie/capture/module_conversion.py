@@ -94,6 +94,21 @@ def _retie(before) -> None:
             table[name] = kept
 
 
+_original_setstate = torch.nn.Module.__setstate__
+
+
+def _setstate(self, state):
+    """``Module.__setstate__`` (unpickling, ``copy.copy``, ``deepcopy``), then the module's state
+    gets a chance to be made its own (semantics rebinds a module-context forward copied from the
+    module the state came from)."""
+    _original_setstate(self, state)
+    from . import dispatch
+    if dispatch.module_restored is not None:
+        dispatch.module_restored(self)
+
+
 def install() -> None:
     if torch.nn.Module._apply is not _apply:
         torch.nn.Module._apply = _apply
+    if torch.nn.Module.__setstate__ is not _setstate:
+        torch.nn.Module.__setstate__ = _setstate

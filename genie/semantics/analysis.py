@@ -63,10 +63,11 @@ def analyze(graph: Graph | None = None) -> Analysis:
 
 def _phase_heuristic(graph: Graph, attention, updates) -> None:
     unstated = [n for n in graph.nodes if n.phase == "forward" and n.phase_source == "default"]
-    attn = [m for m in attention if m.anchor.phase == "forward" and m.anchor.phase_source == "default"]
+    attn = [m for m in attention if m.anchor.phase == "forward" and m.anchor.phase_source == "default"
+            and "query_length" in m.details]  # built-in matches (a plugin's "attention" may say less)
     if not unstated or not attn or any(n.phase in ("backward", "optimizer") for n in graph.nodes):
         return  # nothing to decide, or a training step: its forward is a forward
-    if all(m.details["query_length"] == 1 and m.details["key_length"] > 1 for m in attn):
+    if attn and all(m.details["query_length"] == 1 and m.details["key_length"] > 1 for m in attn):
         phase = "decode"
     elif any(u.details.get("role") is not None for u in updates):
         phase = "prefill"

@@ -36,8 +36,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import inspect
 import threading
-import types
 import weakref
 
 import torch
@@ -69,9 +69,16 @@ class Context:
         hit = self._children.get(id(mod))
         if hit is not None and hit[0]() is mod:
             return hit[1]
-        ref = weakref.ref(mod)
+        key, children = id(mod), self._children
+
+        def forget(r):  # the module is gone: its entry (and the contexts below it) go too
+            hit = children.get(key)
+            if hit is not None and hit[0] is r:
+                del children[key]
+
+        ref = weakref.ref(mod, forget)
         ctx = Context(self._path_of(mod), type(mod).__name__, self.phase, self.phase_source, ref)
-        self._children[id(mod)] = (ref, ctx)
+        children[key] = (ref, ctx)
         return ctx
 
     def _path_of(self, mod) -> str:
@@ -151,49 +158,75 @@ def _record_range(ctx: Context) -> None:
     _seq_ctxs.append(ctx)
 
 
-def _context_forward(self, *args, **kwargs):
-    """The instance ``forward`` of a tracked module: the class's forward in this module's context.
-    (Kept lean: it runs on every module call; the outermost call does the rest in ``_outermost``.)"""
-    parent = scope.ctx
-    if parent is None or parent.module is None:
-        ctx = _outermost(self, parent, kwargs)
-    else:
-        hit = parent._children.get(id(self))
-        ctx = hit[1] if hit is not None and hit[0]() is self else parent.child(self)
-    scope.ctx = ctx
-    grad = _grad_enabled()
-    if grad:
-        _record_range(ctx)
-    try:
-        return type(self).forward(self, *args, **kwargs)
-    finally:
-        scope.ctx = parent
+class ContextForward:
+    """The instance ``forward`` of a tracked module: its own forward (the class's, or one the user
+    set on the instance), run in the module's context. An object, not a bound method, so that it
+    reports the wrapped forward's signature (transformers reads ``inspect.signature(model.forward)``
+    to decide which inputs to build), pickles as "the context forward of this module", and is
+    rebound when ``copy.copy``/``deepcopy``/unpickling makes a new module from an old one's state
+    (``Module.__setstate__`` is wrapped for that, beside ``Module._apply`` in module_conversion)."""
+
+    __slots__ = ("module", "__weakref__")
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        mod = self.module
+        parent = scope.ctx
+        if parent is None or parent.module is None:
+            ctx = _outermost(mod, parent, kwargs)
+        else:
+            hit = parent._children.get(id(mod))
+            ctx = hit[1] if hit is not None and hit[0]() is mod else parent.child(mod)
+        scope.ctx = ctx
+        grad = _grad_enabled()
         if grad:
-            _record_range(parent if parent is not None else _DEFAULT)
+            _record_range(ctx)
+        try:
+            return _inner_forward(mod)(*args, **kwargs)
+        finally:
+            scope.ctx = parent
+            if grad:
+                _record_range(parent if parent is not None else _DEFAULT)
+
+    @property
+    def __signature__(self):
+        return inspect.signature(_inner_forward(self.module))
+
+    @property
+    def __wrapped__(self):
+        return _inner_forward(self.module)
+
+    def __reduce__(self):
+        return ContextForward, (self.module,)
+
+    def __repr__(self) -> str:
+        return f"<genie module-context forward of {type(self.module).__name__}>"
 
 
-def _context_forward_own(self, *args, **kwargs):
-    """As ``_context_forward``, for a module whose user gave it an instance forward of its own."""
-    own = self.__dict__["_genie_forward"]
-    parent = scope.ctx
-    if parent is None or parent.module is None:
-        ctx = _outermost(self, parent, kwargs)
-    else:
-        ctx = parent.child(self)
-    scope.ctx = ctx
-    grad = _grad_enabled()
-    if grad:
-        _record_range(ctx)
-    try:
-        return own(*args, **kwargs)
-    finally:
-        scope.ctx = parent
-        if grad:
-            _record_range(parent if parent is not None else _DEFAULT)
+def _inner_forward(mod):
+    """The forward the module would run untracked: an instance forward the user set, else the
+    class's (looked up on each call, so a patched class forward is honoured; a staticmethod or
+    any other descriptor binds as Python binds it)."""
+    own = mod.__dict__.get("_genie_forward")
+    if own is not None:
+        return own
+    return _class_forward(type(mod)).__get__(mod, type(mod))
+
+
+def _class_forward(cls):
+    for klass in cls.__mro__:
+        raw = klass.__dict__.get("forward")
+        if raw is not None:
+            return raw
+    raise AttributeError(f"{cls.__name__} has no forward")
 
 
 def _outermost(mod, parent, kwargs) -> Context:
     outer_ctx = parent if parent is not None else _DEFAULT
+    if outer_ctx.phase == "optimizer":
+        outer_ctx = _DEFAULT  # a forward inside an optimizer step (LBFGS's closure) is a forward
     if outer_ctx.phase_source == "default" and _generates(mod):
         outer_ctx = _generation_outer(mod, kwargs) or outer_ctx
     if kwargs:
@@ -201,17 +234,14 @@ def _outermost(mod, parent, kwargs) -> Context:
     return outer_ctx.child(mod)
 
 
-# a pickled module unpickles with its class's forward
-_context_forward.__name__ = _context_forward_own.__name__ = "forward"
 _grad_enabled = torch.is_grad_enabled
 _tracked = weakref.WeakSet()  # modules given the instance forward by track() (copies are not listed)
 
 
 def tracked(mod: torch.nn.Module) -> bool:
-    """Does ``mod`` run in module context (it has the instance forward; a deep copy of a tracked
-    module has it too, bound to the copy)?"""
+    """Does ``mod`` run in module context (it has the context forward, bound to itself)?"""
     f = mod.__dict__.get("forward")
-    return isinstance(f, types.MethodType) and f.__func__ in (_context_forward, _context_forward_own)
+    return f.__class__ is ContextForward and f.module is mod
 
 
 def track(mod: torch.nn.Module) -> None:
@@ -222,22 +252,31 @@ def track(mod: torch.nn.Module) -> None:
         if tracked(m):
             continue
         own = m.__dict__.get("forward")
-        if own is not None:  # an instance forward of the user's: called inside ours
+        if own is not None and own.__class__ is not ContextForward:  # the user's: called inside ours
             m.__dict__["_genie_forward"] = own
-        m.__dict__["forward"] = types.MethodType(_context_forward if own is None else _context_forward_own, m)
+        m.__dict__["forward"] = ContextForward(m)
         _tracked.add(m)
 
 
 def untrack(mod: torch.nn.Module) -> None:
     """Remove the instance ``forward`` from ``mod`` and the modules below it."""
     for m in mod.modules():
-        if tracked(m):
+        f = m.__dict__.get("forward")
+        if f.__class__ is ContextForward:
             own = m.__dict__.pop("_genie_forward", None)
             if own is not None:
                 m.__dict__["forward"] = own
             else:
                 del m.__dict__["forward"]
         _tracked.discard(m)
+
+
+def rebind(mod) -> None:
+    """After ``Module.__setstate__``: a context forward copied from another module's state
+    (``copy.copy``, ``Module._replicate_for_data_parallel``) is made this module's own."""
+    f = mod.__dict__.get("forward")
+    if f.__class__ is ContextForward and f.module is not mod:
+        mod.__dict__["forward"] = ContextForward(mod)
 
 
 def _holds_device_tensors(mod) -> bool:
@@ -350,7 +389,8 @@ def _cache_tensors(obj, depth=0):
             sub = getattr(obj, name, None)
             if sub is not None:
                 yield from _cache_tensors(sub, depth + 1)
-        for layer in getattr(obj, "layers", ()) or ():
+        layers = getattr(obj, "layers", None)
+        for layer in layers if isinstance(layers, (list, tuple)) else ():
             for name in ("keys", "values"):
                 t = getattr(layer, name, None)
                 if isinstance(t, torch.Tensor):
@@ -417,12 +457,32 @@ def _opt_pre(opt, args, kwargs):
             _mark(p, "weight")  # the value the forward read, before the step replaces it
             if p.grad is not None:
                 _mark(p.grad, "gradient")
-    _frames.stack.append((opt, scope.ctx))
+    stack = _frames.stack
+    while stack and isinstance(stack[-1][0], torch.optim.Optimizer):
+        scope.ctx = stack.pop()[1]  # steps do not nest: a step that raised left its frame (no post hook)
+    before = scope.ctx
+    stack.append((opt, before))
     name = type(opt).__name__
     ctx = _optimizer_ctx.get(name)
     if ctx is None:
         ctx = _optimizer_ctx.setdefault(name, Context(None, name, "optimizer", "call"))
     scope.ctx = ctx
+    # a closure (LBFGS) recomputes the loss: a forward and a backward, not optimizer work
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+    if callable(closure):
+        def in_caller_context():
+            inside = scope.ctx
+            scope.ctx = before
+            try:
+                return closure()
+            finally:
+                scope.ctx = inside
+        if "closure" in kwargs:
+            kwargs = {**kwargs, "closure": in_caller_context}
+        else:
+            args = (args[0], in_caller_context, *args[2:])
+        return args, kwargs
+    return None
 
 
 def _opt_post(opt, args, kwargs):
@@ -461,11 +521,13 @@ def keep_structure():
     them, so ``genie.analyze`` sees whole programs even when they read values midway (an MoE
     router, ``.item()`` in a loop). Costs the memory of the values upstream while it lasts."""
     from ..graph.node import keep_structure as flag
-    flag.depth += 1
+    with _lock:
+        flag.depth += 1
     try:
         yield
     finally:
-        flag.depth -= 1
+        with _lock:
+            flag.depth -= 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,6 +556,7 @@ def install() -> None:
         _handles.append(_nn_module.register_module_module_registration_hook(_on_module_registered))
         dispatch.backward_context = backward_context
         dispatch.module_moved = module_moved
+        dispatch.module_restored = rebind
 
 
 def uninstall() -> None:
@@ -504,6 +567,7 @@ def uninstall() -> None:
         _handles.clear()
         dispatch.backward_context = None
         dispatch.module_moved = None
+        dispatch.module_restored = None
 
 
 def installed() -> bool:

@@ -363,7 +363,8 @@ def kv_cache_update(pg: PatternGraph):
     kv_sources = {}
     for m in pg.matches.get("attention", ()):
         for role in ("k", "v"):
-            kv_sources[id(m.details[role])] = (role, m)
+            if m.details.get(role) is not None:
+                kv_sources[id(m.details[role])] = (role, m)
     cats = []
     for cat in pg.ops("aten::cat"):
         parts = cat.args[0] if cat.args and isinstance(cat.args[0], (list, tuple)) else ()

@@ -68,14 +68,23 @@ class TracedPattern:
 def _trace(fn, example_inputs, names, grad: bool) -> _PatternNode:
     """Capture ``fn`` on the device and turn its graph into pattern nodes."""
     from ...capture.dispatch import DEVICE
+    from ...capture.rng import chain
     inputs = []
     for x in example_inputs:
         if not isinstance(x, torch.Tensor):
             raise TypeError("genie.patterns.register: example_inputs must be tensors")
         t = torch.empty(x.shape, dtype=x.dtype, device=DEVICE)
         inputs.append(t.requires_grad_(grad and (x.is_floating_point() or x.is_complex())))
-    with torch.set_grad_enabled(grad):
-        out = fn(*inputs)
+    # random ops in the pattern (dropout) must not join the device's random chain: the program's
+    # random numbers would then depend on a pattern registration
+    with chain._lock:
+        saved = chain.head, chain.pending
+    try:
+        with torch.set_grad_enabled(grad):
+            out = fn(*inputs)
+    finally:
+        with chain._lock:
+            chain.head, chain.pending = saved
     if not isinstance(out, torch.Tensor):
         raise TypeError("genie.patterns.register: a pattern returns one tensor")
     by_node = {id(t.genie_node): name for t, name in zip(inputs, names)}
