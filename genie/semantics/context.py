@@ -184,7 +184,16 @@ class ContextForward:
         if grad:
             _record_range(ctx)
         try:
-            return _inner_forward(mod)(*args, **kwargs)
+            own = mod.__dict__.get("_genie_forward")
+            if own is not None:
+                return own(*args, **kwargs)
+            cls = type(mod)
+            static = _static_forward.get(cls)
+            if static is None:
+                static = _static_forward[cls] = isinstance(_class_forward(cls), staticmethod)
+            if static:
+                return cls.forward(*args, **kwargs)
+            return cls.forward(mod, *args, **kwargs)  # looked up per call: a patched class forward counts
         finally:
             scope.ctx = parent
             if grad:
@@ -213,6 +222,9 @@ def _inner_forward(mod):
     if own is not None:
         return own
     return _class_forward(type(mod)).__get__(mod, type(mod))
+
+
+_static_forward: dict = {}  # class -> is its forward a staticmethod (decided once per class)
 
 
 def _class_forward(cls):
