@@ -14,15 +14,41 @@ PrivateUse1 key without a LazyTensor fails in the dispatcher, which names the op
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
 from .capture import device_choice, dispatch, factories
-from .capture.rng import chain
+from .capture import rng
 
 NAME = "remote_accelerator"
 _registered = False
 _libs: list = []
+
+
+class _Current(threading.local):
+    index = 0  # the current device, per thread as CUDA's is
+
+
+_current = _Current()
+
+
+def _index(device) -> int:
+    """The index ``device`` (an int, a string, a torch.device or None: the current one) names, in range."""
+    if device is None:
+        return _current.index
+    if isinstance(device, int):
+        index = device
+    else:
+        device = torch.device(device)
+        if device.type != NAME:
+            raise ValueError(f"{NAME}: expected a {NAME} device, got {device}")
+        index = _current.index if device.index is None else device.index
+    n = _DeviceModule.device_count()
+    if not 0 <= index < n:
+        raise RuntimeError(f"{NAME}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
+                           "each genie server is one device: see genie.remote)")
+    return index
 
 
 class _DeviceModule:
@@ -42,17 +68,17 @@ class _DeviceModule:
 
     @staticmethod
     def device_count() -> int:
-        return 1
+        # one device per genie server (genie.remote([...]), GENIE_SERVERS=a,b); one when local
+        from .execution import scheduler
+        return scheduler.device_count()
 
     @staticmethod
     def current_device() -> int:
-        return 0
+        return _current.index
 
     @staticmethod
     def set_device(device) -> None:
-        index = device if isinstance(device, int) else torch.device(device).index
-        if index not in (None, 0):
-            raise RuntimeError(f"{NAME}: device index {index} is out of range (1 device)")
+        _current.index = _index(device)
 
     @staticmethod
     def synchronize(device=None) -> None:
@@ -61,29 +87,33 @@ class _DeviceModule:
 
     @staticmethod
     def manual_seed(seed: int) -> None:
-        chain.seed(seed)
+        rng.chain_for(_current.index).seed(seed)
 
     @staticmethod
     def manual_seed_all(seed: int) -> None:
-        chain.seed(seed)
+        rng.seed_all(seed)
 
     @staticmethod
     def seed() -> None:
         # a non-deterministic seed for this device only (torch.seed() would reseed the host too)
-        chain.seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+        rng.chain_for(_current.index).seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+
+    @staticmethod
+    def seed_all() -> None:
+        rng.seed_all(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
 
     @staticmethod
     def initial_seed() -> int:
-        return chain.initial_seed
+        return rng.chain_for(_current.index).initial_seed
 
     @staticmethod
     def get_rng_state(device=None) -> torch.Tensor:
         from .execution.scheduler import materialize
-        return chain.get_state(materialize)
+        return rng.chain_for(_index(device)).get_state(materialize)
 
     @staticmethod
     def set_rng_state(state: torch.Tensor, device=None) -> None:
-        chain.set_state(state)
+        rng.chain_for(_index(device)).set_state(state)
 
     @staticmethod
     def get_amp_supported_dtype():
@@ -175,7 +205,9 @@ def register() -> None:
     from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
     _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule())
-    dispatch.DEVICE = torch.device(NAME, 0)
+    dispatch.DEVICE = dispatch.device_at(0)
+    dispatch.current_index = lambda: _current.index
+    dispatch.device_count = _DeviceModule.device_count
     lib = torch.library.Library("aten", "IMPL")
     _register_factories(lib)
     lib.impl("_copy_from", _copy_from, "PrivateUse1")

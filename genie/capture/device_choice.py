@@ -85,8 +85,8 @@ def _rebuild(shape, flat, n_top):
     return take(n_top)
 
 
-def _signature(func, flat, shape, names):
-    key = [func, torch.is_grad_enabled(), tuple(shape), names]
+def _signature(func, flat, shape, names, index):
+    key = [func, torch.is_grad_enabled(), tuple(shape), names, index]
     for a in flat:
         if isinstance(a, LazyTensor):
             key.append(("lazy", tuple(a.shape), a.stride(), a.storage_offset(), a.dtype, a.requires_grad,
@@ -152,7 +152,9 @@ def run(func, args, kwargs):
     flat: list = []
     shape: list = []
     _flatten(tuple(args) + tuple(kwargs.values()), flat, shape)
-    key = _signature(func, flat, shape, names)
+    # the device the trace's factories create on: the inputs' (a mixed call fails inside the trace)
+    index = next((a._spec.index for a in flat if isinstance(a, LazyTensor)), 0)
+    key = _signature(func, flat, shape, names, index)
     trace = _traces.get(key)
     coarse = None
     if trace is None and func in _LENGTH_FREE and config.execution_device().type == "cpu":
@@ -160,7 +162,7 @@ def run(func, args, kwargs):
         trace = _traces.get(coarse)
     if trace is None:
         try:
-            trace = _trace(func, flat, shape, len(args), names, config.execution_device(), dispatch.DEVICE)
+            trace = _trace(func, flat, shape, len(args), names, config.execution_device(), dispatch.device_at(index))
         except UnsupportedOperatorException:
             # the fake kernels cannot trace it: the op's own decomposition, on the device
             return func.decompose(*args, **kwargs)

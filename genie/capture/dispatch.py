@@ -20,17 +20,18 @@ import threading
 import torch
 from torch.utils._mode_utils import no_dispatch
 
-from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, op_name, spec_of
+from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, on_index, op_name, spec_of
 from ..graph.node import keep_structure
 from ..graph.node import scope as node_scope
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
-from .rng import chain
+from .rng import chain_for
 from .schema import _classes, classify, get_arg
 
 aten = torch.ops.aten
 DEVICE_TYPE = "remote_accelerator"
 DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is registered
+DEVICES: list = []  # torch.device("remote_accelerator", i) at position i (see device_at)
 
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
 _materialize = None  # bound by genie/execution/scheduler.py
@@ -78,6 +79,34 @@ def is_remote_device(d) -> bool:
     return d.type == DEVICE_TYPE
 
 
+def device_at(index: int) -> torch.device:
+    """``remote_accelerator:index`` (one object per index: wrappers are made with it)."""
+    while len(DEVICES) <= index:
+        # the device's random chain starts before any of its ops is captured (links point back in ids)
+        chain_for(len(DEVICES))
+        DEVICES.append(torch.device(DEVICE_TYPE, len(DEVICES)))
+    return DEVICES[index]
+
+
+current_index = None  # bound by _backend: the current device's index (torch.remote_accelerator.current_device)
+device_count = None  # bound by _backend: how many remote_accelerator devices there are
+
+
+def index_of_device(device) -> int:
+    """The index of a ``remote_accelerator`` device argument (the current device when it names none),
+    checked against the device count as eager checks a CUDA ordinal."""
+    index = torch.device(device).index
+    if index is None:
+        return current_index()
+    if index and index >= device_count():
+        n = device_count()
+        raise RuntimeError(f"{DEVICE_TYPE}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
+                           "each genie server is one device: see genie.remote)")
+    if index >= len(DEVICES):
+        device_at(index)
+    return index
+
+
 # --------------------------------------------------------------------------------------------
 # wrappers
 
@@ -91,10 +120,10 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
     # pin_memory, requires_grad, dispatch_sizes_strides_policy, dispatch_device, dispatch_layout,
     # _extra_dispatch_keys, storage_size); keyword parsing costs measurably on this path
     if spec.layout is _STRIDED:
-        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED, DEVICE,
-                          False, False, None, False, False, None, spec.storage_nbytes)
+        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
+                          DEVICES[spec.index], False, False, None, False, False, None, spec.storage_nbytes)
     else:
-        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, spec.layout, DEVICE,
+        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, spec.layout, DEVICES[spec.index],
                           False, False, None, False, False, None, None)
     t._node = node
     t._spec = spec
@@ -172,12 +201,13 @@ def _storage_of(t) -> LazyStorage:
 def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
     """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``."""
     n = root_spec.storage_nbytes // root_spec.dtype.itemsize
-    spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes)
+    index = root_spec.index
+    spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes, index=index)
     node = root if (root_spec is spec) else Node(aten.as_strided.default, (root, (n,), (1,), 0), _EMPTY, spec)
     if dtype is not root_spec.dtype:
         m = root_spec.storage_nbytes // dtype.itemsize
         node = Node(aten.view.dtype, (node, dtype), _EMPTY,
-                    intern_spec((m,), (1,), 0, dtype, root_spec.storage_nbytes))
+                    intern_spec((m,), (1,), 0, dtype, root_spec.storage_nbytes, index=index))
     return node
 
 
@@ -228,10 +258,43 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
 # argument walk: cache key and node arguments in one pass
 
 
-def _device_error(func, other) -> RuntimeError:
+def _device_error(func, other, mine=None) -> RuntimeError:
     return RuntimeError(
         f"{op_name(func)}: Expected all tensors to be on the same device, but found at least two devices, "
-        f"{DEVICE} and {other}!")
+        f"{mine or DEVICE} and {other}!")
+
+
+def _placement(func, args, kwargs):
+    """(device index of the op's outputs, error or None). Outputs go where a ``remote_accelerator``
+    device argument says (``.to("remote_accelerator:1")``), else where the LazyTensor arguments are;
+    those must agree, except for a copy's source, which may come from any device."""
+    indices = []
+    device = None
+    stack = [tuple(args), tuple(kwargs.values())]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, LazyTensor):
+                indices.append(a._spec.index)
+            elif isinstance(a, (list, tuple)):
+                stack.append(tuple(a))
+            elif isinstance(a, torch.device) and a.type == DEVICE_TYPE:
+                device = a
+    first = args[0] if args and isinstance(args[0], LazyTensor) else None
+    if func in _ANY_SOURCE:  # copy_(dst, src) and _to_copy(src, device=...): the source may be anywhere
+        if device is not None:
+            return index_of_device(device), None
+        return (first._spec.index if first is not None else (indices[0] if indices else 0)), None
+    if device is not None:
+        index = index_of_device(device)
+        indices.append(index)
+    else:
+        index = indices[0] if indices else 0
+    for i in indices:
+        if i != index:  # (op_error puts the op's name in front)
+            return index, RuntimeError("Expected all tensors to be on the same device, but found at least two "
+                                       f"devices, {device_at(min(i, index))} and {device_at(max(i, index))}!")
+    return index, None
+
 
 
 def _constant(a, func):
@@ -273,6 +336,8 @@ def _walk(seq, key, func):
             key.append(("tensor", spec_of(const)))
             out.append(const)
         else:
+            if c is torch.device and a.type == DEVICE_TYPE:
+                a = device_at(index_of_device(a))  # "remote_accelerator" means the current device
             key.append(c)
             key.append(a)
             out.append(a)
@@ -471,12 +536,17 @@ def _lookup(key, func, oc, args, kwargs):
 
 
 def _infer(key, func, oc, args, kwargs, by_default_dtype=True):
+    index, error = _placement(func, args, kwargs)
     try:
-        inf = infer(func, oc, args, kwargs, LazyTensor, is_remote_device)
+        inf = Inferred(None, None, error) if error is not None else \
+            infer(func, oc, args, kwargs, LazyTensor, is_remote_device)
     except NoMetaKernel:
         inf = _FALLBACK
     except DataDependent:
         inf = _DATA_DEPENDENT
+    if index and inf.__class__ is Inferred and inf.error is None:  # inference speaks of device 0
+        inf = Inferred(tuple(on_index(s, index) for s in inf.outs),
+                       None if inf.mutated is None else tuple(on_index(s, index) for s in inf.mutated))
     with _cache_lock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
@@ -559,7 +629,7 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if default_dtype is not None:
         node.note_runtime("default_dtype", default_dtype)
     if oc.random:
-        chain.link(node)
+        chain_for(flat_specs[0].index if flat_specs and flat_specs[0] is not None else 0).link(node)
     if single:
         out_nodes = [node]
     else:
@@ -703,8 +773,9 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
     except Exception as e:
         raise op_error(func, e) from e
     recorded = _recorded_args(args, kwargs) if keep_structure.depth else None
+    index = _placement(func, args, kwargs)[0]
     for lz, c in written:
-        _mutate(lz, _eager_node(func, c, recorded), spec_of(c), oc.inplace_view)
+        _mutate(lz, _eager_node(func, c, recorded, index), on_index(spec_of(c), index), oc.inplace_view)
     if not oc.returns:
         return None
     outs = out if len(oc.returns) > 1 else (out,)
@@ -713,24 +784,25 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
         if r[0] == "alias":
             results.append(get_arg(args, kwargs, oc.mutated[r[1]][0], func))
         elif isinstance(o, torch.Tensor):
-            results.append(_materialized(func, o, recorded))
+            results.append(_materialized(func, o, recorded, index))
         elif isinstance(o, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in o):
-            results.append([_materialized(func, x, recorded) for x in o])
+            results.append([_materialized(func, x, recorded, index) for x in o])
         else:
             results.append(o)
     return results[0] if len(results) == 1 else tuple(results)
 
 
-def _materialized(func, value: torch.Tensor, recorded=None):
-    return new_lazy(spec_of(value), _eager_node(func, value, recorded))
+def _materialized(func, value: torch.Tensor, recorded=None, index=0):
+    node = _eager_node(func, value, recorded, index)
+    return new_lazy(node.spec, node)
 
 
-def _eager_node(func, value: torch.Tensor, recorded) -> Node:
+def _eager_node(func, value: torch.Tensor, recorded, index=0) -> Node:
     """A node for a value computed eagerly: no inputs (it is an input of what follows), or, while
     the structure is kept for analysis, the inputs it was computed from (never run again: its
     value is kept)."""
     args, kwargs = recorded or ((), _EMPTY)
-    return Node(func, args, kwargs, spec_of(value), value=value)
+    return Node(func, args, kwargs, on_index(spec_of(value), index), value=value)
 
 
 def _recorded_args(args, kwargs):

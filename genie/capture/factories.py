@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import torch
 
 from ..graph.node import Node, TensorSpec, op_name
 from . import dispatch
-from .dispatch import (_DATA_DEPENDENT, _DEFAULT_DTYPE, _FALLBACK, DEVICE_TYPE, _build, _cache, _lookup, _walk,
+from .dispatch import (_DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup, _walk,
                        new_lazy, op_error)
-from .meta import Inferred
 from .schema import _classes, classify
 from .special_ops import _QUANTIZED_DTYPES, _quantized
 
@@ -33,20 +31,20 @@ def _capture_factory(func, args, kwargs):
     oc = _classes.get(id(func)) or classify(func)
     if oc.special is _quantized or kwargs.get("dtype") in _QUANTIZED_DTYPES:
         _quantized(func, args, kwargs)
+    device = kwargs.get("device")
+    if device is not None:  # the index it names (the current device's when it names none), in range
+        try:
+            device = dispatch.device_at(dispatch.index_of_device(device))
+        except RuntimeError as e:
+            raise op_error(func, e) from None
+        if device is not kwargs["device"]:
+            kwargs = {**kwargs, "device": device}
     key = [oc]
     nargs = tuple(_walk(args, key, func))
     key.append(tuple(kwargs.items()))
     key = tuple(key)
-    inf = _cache.get(key)
-    if inf is None:
-        device = kwargs.get("device")
-        index = None if device is None else torch.device(device).index
-        if index is not None and index != 0:
-            inf = Inferred(None, None, RuntimeError(f"{DEVICE_TYPE} device index {index} is out of range (1 device)"))
-            _cache[key] = inf
     default_dtype = None
-    if inf is None or inf is _DEFAULT_DTYPE:
-        inf, default_dtype = _lookup(key, func, oc, args, kwargs)
+    inf, default_dtype = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK or inf is _DATA_DEPENDENT:
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "
                                   "(sparse layouts are not supported there)")

@@ -90,4 +90,32 @@ class RngChain:
         return state.clone()
 
 
-chain = RngChain()
+# One chain per device, as CUDA has one generator per device: random ops on remote_accelerator:1
+# never wait for (or travel to) device 0's chain. Made on first use; ``torch.manual_seed`` seeds
+# every device, including those whose chain is made later (``seed_all``).
+chains: list[RngChain] = [RngChain()]
+chain = chains[0]  # device 0's
+
+
+def chain_for(index: int) -> RngChain:
+    if index < len(chains):
+        return chains[index]
+    with _chains_lock:
+        while len(chains) <= index:
+            c = RngChain()
+            c.seed(_all_seed[0])
+            c.materialize = chain.materialize
+            chains.append(c)
+    return chains[index]
+
+
+def seed_all(seed: int) -> None:
+    """Seed every device's chain (``manual_seed_all``), and the ones made later."""
+    with _chains_lock:
+        _all_seed[0] = int(seed)
+        for c in chains:
+            c.seed(seed)
+
+
+_chains_lock = threading.Lock()
+_all_seed = [DEFAULT_SEED]

@@ -86,7 +86,7 @@ def _adopt(func, dst, src):
             or src.numel() * src.element_size() != spec.storage_nbytes or src.requires_grad:
         return FALLTHROUGH
     from ..execution.scheduler import get_executor
-    value = get_executor().adopt(src)
+    value = get_executor(spec.index).adopt(src)
     if value is None:
         return FALLTHROUGH
     dst._node = Node(func, (), _EMPTY, spec, value=value)

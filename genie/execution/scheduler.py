@@ -24,42 +24,88 @@ from time import perf_counter
 import torch
 
 from ..capture.schema import _classes, classify
-from ..graph.node import _EMPTY, Node, TensorSpec, iter_inputs, keep_structure
+from ..graph.node import _EMPTY, Node, TensorSpec, index_of, iter_inputs, keep_structure
 from . import syncs
 from .base import WANT_VALUE
 from .remote.handle import RemoteValue
 
 _lock = threading.RLock()
-_executor = None
+_executor = None  # device 0's executor: the only one unless several servers are configured
+_others: tuple = ()  # executors of remote_accelerator:1, :2, ... (one server each)
 # How long a materialization waits for another thread's run to finish before it gives up.
 LOCK_TIMEOUT_S = float(os.environ.get("GENIE_MATERIALIZE_TIMEOUT_S", "600"))
 # Plans larger than this are interpreted, never compiled (a 1e6-op chain is read once).
 MAX_COMPILED_NODES = int(os.environ.get("GENIE_REPLAY_MAX_NODES", "20000"))
 
 
-def get_executor():
-    global _executor
+def _configured_servers() -> list[str]:
+    return [a.strip() for a in os.environ.get("GENIE_SERVERS", "").split(",") if a.strip()]
+
+
+def get_executor(index: int = 0):
+    """The executor of ``remote_accelerator:index``."""
+    global _executor, _others
     if _executor is None:
-        servers = os.environ.get("GENIE_SERVERS")
-        if servers:  # unmodified programs run on the configured server
+        servers = _configured_servers()
+        if servers:  # unmodified programs run on the configured servers, one device each
             from .remote import api
-            _executor = api.executor_for(servers.split(",")[0].strip(), os.environ.get("GENIE_SERVER_TOKEN"))
+            token = os.environ.get("GENIE_SERVER_TOKEN")
+            executors = [api.executor_for(a, token) for a in servers]
+            set_executor(executors[0], executors[1:])
         else:
             from .. import config
             from .local import LocalExecutor
             _executor = LocalExecutor(config.execution_device())
-    return _executor
+    if index == 0:
+        return _executor
+    if index <= len(_others):
+        return _others[index - 1]
+    raise RuntimeError(f"remote_accelerator:{index} has no executor: there are {device_count()} devices "
+                       "(each genie server is one device; see genie.remote)")
 
 
-def set_executor(executor) -> None:
-    """Plug in another execution target (e.g. a server-process executor)."""
-    global _executor
-    _executor = executor
+def device_count() -> int:
+    """How many ``remote_accelerator`` devices there are: one per server, one when execution is local."""
+    if _executor is None:
+        return max(1, len(_configured_servers()))
+    return 1 + len(_others)
+
+
+def executors() -> tuple:
+    return (get_executor(), *_others)
+
+
+def set_executor(executor, others=()) -> None:
+    """Plug in another execution target (e.g. a server-process executor); ``others``: the
+    executors of devices 1, 2, ... when there are several."""
+    global _executor, _others
+    _executor, _others = executor, tuple(others)
+    _autograd_in_caller(bool(_others))
 
 
 def reset_executor() -> None:
-    global _executor
-    _executor = None
+    set_executor(None)
+
+
+_serial_backward = threading.local()
+
+
+def _autograd_in_caller(on: bool) -> None:
+    """With several devices, backward runs in the thread that calls it (the autograd engine's
+    "multithreading disabled" mode, which torch keeps per thread).
+
+    torch's pure-Python PrivateUse1 device guard reports one device, so the engine makes one
+    device thread and ready queue for the backend and stops at an internal assert on a gradient
+    of ``remote_accelerator:1``; in the caller's thread every node goes through the CPU ready
+    queue, which serves any device index. Nothing else changes: genie's backward ops are
+    captured, not run, wherever the engine calls them."""
+    was = getattr(_serial_backward, "was", None)
+    if on and was is None:
+        _serial_backward.was = torch._C._is_multithreading_enabled()
+        torch._C._set_multithreading_enabled(False)
+    elif not on and was is not None:
+        torch._C._set_multithreading_enabled(was)
+        _serial_backward.was = None
 
 
 # Markers of the fingerprint (see execution/replay.py for how a program reads them back).
@@ -299,10 +345,11 @@ def materialize(node: Node, local: bool = False):
         elif not local and value.__class__ is torch.Tensor and _executor is not None and _executor.remote:
             # held in this process (an upload not yet used): materializing makes it resident there
             t0 = perf_counter()
+            executor = _executor if not _others else get_executor(index_of(node) or 0)
             with _lock:
                 if node.value is value:
-                    _executor.put(node)
-            syncs.record(0, "put", _executor.last_up, 0, perf_counter() - t0)
+                    executor.put(node)
+            syncs.record(0, "put", executor.last_up, 0, perf_counter() - t0)
         return value
     if not _lock.acquire(timeout=LOCK_TIMEOUT_S):
         raise TimeoutError(f"genie: waited {LOCK_TIMEOUT_S:.0f} s for another thread's materialization "
@@ -312,6 +359,11 @@ def materialize(node: Node, local: bool = False):
         if node.value is None:
             t0 = perf_counter()
             executor = get_executor()
+            if _others:  # several devices: this one's executor, after the inputs other devices hold
+                executor = get_executor(index_of(node) or 0)
+                _run_other_devices(node)
+                if node.value is not None:
+                    return materialize(node, local)
             if not executor.remote and RemoteValue.live:
                 _bring_back(node)  # values left on a server by an earlier remote block
             plan = Plan(node, getattr(executor, "replays", False))
@@ -330,6 +382,22 @@ def materialize(node: Node, local: bool = False):
     if local and fetched is not None and fetched is not WANT_VALUE:
         return fetched
     return materialize(node, local) if local else node.value
+
+
+def _run_other_devices(target: Node) -> None:
+    """Materialize what ``target``'s device reads from other devices (the sources of copies between
+    devices), each on its own device, so the plan for ``target`` holds nodes of one device only and
+    takes those values as inputs (the client moves them between servers)."""
+    index = index_of(target) or 0
+    for n in _collect(target):
+        i = index_of(n)
+        if i is not None and i != index:
+            continue
+        for a in iter_inputs(n):
+            j = index_of(a)
+            # not yet computed, or held in this process (an upload): computed or put on its own device
+            if j is not None and j != index and (a.value is None or a.value.__class__ is torch.Tensor):
+                materialize(a)
 
 
 def _bring_back(target: Node) -> None:

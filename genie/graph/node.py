@@ -50,12 +50,17 @@ class TensorSpec:
     """Exact metadata of one tensor value: what a LazyTensor reports before anything runs.
 
     Specs are interned (one object per distinct metadata), so they compare and hash by
-    identity; that keeps the capture cache key cheap to build and hash.
+    identity; that keeps the capture cache key cheap to build and hash. ``index`` is the
+    ``remote_accelerator`` device the value lives on (``remote_accelerator:index``): part of the
+    metadata, so every signature the capture cache keys on names its device, and ops whose inputs
+    sit on two devices are refused once per signature, as eager refuses them.
     """
 
-    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "conj", "neg", "layout", "__weakref__")
+    __slots__ = ("shape", "stride", "offset", "dtype", "storage_nbytes", "conj", "neg", "layout", "index",
+                 "__weakref__")
 
-    def __init__(self, shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False, layout=torch.strided):
+    def __init__(self, shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False, layout=torch.strided,
+                 index=0):
         self.shape = shape
         self.stride = stride
         self.offset = offset
@@ -66,23 +71,47 @@ class TensorSpec:
         self.neg = neg
         # strided, or a sparse layout (sparse values are always materialized: their structure is data)
         self.layout = layout
+        self.index = index
 
     def __repr__(self) -> str:
+        where = f", index={self.index}" if self.index else ""
         return (f"TensorSpec(shape={tuple(self.shape)}, stride={self.stride}, offset={self.offset}, "
-                f"dtype={self.dtype}, storage_nbytes={self.storage_nbytes})")
+                f"dtype={self.dtype}, storage_nbytes={self.storage_nbytes}{where})")
 
 
 _spec_intern: dict[tuple, TensorSpec] = {}
 
 
 def intern_spec(shape, stride, offset, dtype, storage_nbytes, conj=False, neg=False,
-                layout=torch.strided) -> TensorSpec:
-    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout)
+                layout=torch.strided, index=0) -> TensorSpec:
+    key = (tuple(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout, index)
     spec = _spec_intern.get(key)
     if spec is None:
         spec = _spec_intern.setdefault(
-            key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout))
+            key, TensorSpec(torch.Size(shape), tuple(stride), offset, dtype, storage_nbytes, conj, neg, layout, index))
     return spec
+
+
+def on_index(spec, index: int):
+    """``spec`` (or a tuple of specs, None kept) on device ``index``."""
+    if spec is None:
+        return None
+    if spec.__class__ is tuple:
+        return tuple(on_index(s, index) for s in spec)
+    if spec.index == index:
+        return spec
+    return intern_spec(spec.shape, spec.stride, spec.offset, spec.dtype, spec.storage_nbytes, spec.conj, spec.neg,
+                       spec.layout, index)
+
+
+def index_of(node) -> int | None:
+    """The device index of ``node``'s value (None for nodes without a tensor spec: seed nodes)."""
+    spec = node.spec
+    if spec.__class__ is tuple:
+        spec = next((s for s in spec if s is not None), None)
+        if spec.__class__ is tuple:
+            spec = next((s for s in spec if s is not None), None)
+    return None if spec is None else spec.index
 
 
 def spec_of(t: torch.Tensor) -> TensorSpec:

@@ -8,6 +8,11 @@ Connections are pooled per address: leaving a ``remote`` block switches executio
 local executor but keeps the connection (and the values resident on the server) until the
 server handle is closed or the process ends. ``GENIE_SERVERS=host:port`` with
 ``GENIE_SERVER_TOKEN`` makes unmodified programs run on that server.
+
+Several servers are several devices, as several GPUs are: ``genie.remote([srv0, srv1])`` (or
+``GENIE_SERVERS=a:1,b:2``) makes ``remote_accelerator:0`` server 0 and ``remote_accelerator:1``
+server 1, ``torch.remote_accelerator.device_count()`` 2, and ``x.to("remote_accelerator:1")`` a
+copy that moves ``x``'s data from server 0 to server 1 (through this process).
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ def _drop(address: str) -> None:
     with _pool_lock:
         ex = _pool.pop(address, None)
     if ex is not None:
-        if scheduler._executor is ex:
+        if scheduler._executor is ex or ex in scheduler._others:
             scheduler.reset_executor()
         ex.conn.close()
 
@@ -148,23 +153,31 @@ def _drop(address: str) -> None:
 @contextlib.contextmanager
 def remote(target, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
     """Materializations inside the block run on the server ``target`` (a ``ServerHandle`` or
-    ``"host:port"``)."""
-    ex = executor_for(target, token, timeout)
+    ``"host:port"``). A list of servers makes them devices ``remote_accelerator:0``, ``:1``, ...;
+    the block then yields the list of their executors."""
+    several = isinstance(target, (list, tuple))
+    targets = list(target) if several else [target]
+    if not targets:
+        raise ValueError("genie.remote: no server given")
+    if len({_address(t)[0] for t in targets}) != len(targets):
+        raise ValueError("genie.remote: the same server is named twice (each server is one device)")
+    executors = [executor_for(t, token, timeout) for t in targets]
     with scheduler._lock:
-        previous = scheduler._executor
-        scheduler.set_executor(ex)
+        previous = scheduler._executor, scheduler._others
+        scheduler.set_executor(executors[0], executors[1:])
     try:
-        yield ex
+        yield executors if several else executors[0]
     finally:
         with scheduler._lock:
-            scheduler.set_executor(previous)
+            scheduler.set_executor(*previous)
 
 
 def server_stats(target=None) -> dict:
     """What a server holds for this client: resident bytes and values, known structures, runs.
-    Without ``target``: the server of the current executor. Pending frees are sent first."""
-    if target is None:
-        ex = scheduler.get_executor()
+    ``target``: a server (handle or address), or a device index; without it, the server of
+    device 0. Pending frees are sent first."""
+    if target is None or isinstance(target, int):
+        ex = scheduler.get_executor(target or 0)
         if not ex.remote:
             raise RuntimeError("genie.server_stats: execution is local (use it inside genie.remote(...))")
     else:

@@ -457,14 +457,28 @@ class RemoteExecutor(Executor):
         ext_at = {slot: (sp, path) for slot, sp, path in tpl.ext_slots}
         for k, v in enumerate(plan.inputs):
             c = v.__class__
+            elsewhere = False
             if c is RemoteValue:
                 if v.conn is conn:
                     inputs.append(Ref(v.id))
                     continue
-                v = v.fetch(specs[ext_at[k][0]] if k in ext_at else None)  # resident on another server
+                # resident on another server (another device: the source of a copy between devices):
+                # it passes through this process and stays where it lives
+                v = v.conn.fetch(v, specs[ext_at[k][0]] if k in ext_at else None)
                 c = v.__class__
+                elsewhere = True
             if isinstance(v, torch.Tensor):
-                if k in ext_at:  # a materialized node's value: its whole storage, and keep it there
+                if elsewhere:
+                    if k in ext_at:  # a node's value: laid out in a storage as large as its spec says
+                        spec = specs[ext_at[k][0]]
+                        if v.untyped_storage().nbytes() < spec.storage_nbytes:
+                            from ..local import clone_exact
+                            v = clone_exact(v, spec)
+                        start, n = 0, _storage_bytes(v, spec)
+                    else:
+                        start, n = wire.extent(v)
+                    inputs.append(conn.upload(v, start, n, descriptors, streams, segments))
+                elif k in ext_at:  # a materialized node's value: its whole storage, and keep it there
                     nbytes = _storage_bytes(v, specs[ext_at[k][0]])
                     inputs.append(conn.upload(v, 0, nbytes, descriptors, streams, segments))
                     uploads.append((k, conn.new_id()))
