@@ -53,47 +53,34 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+@nox.parametrize("executor", ["local", "remote"])
 @nox.parametrize("device", ["cpu", "cuda"])
-def conformance(session: nox.Session, device: str) -> None:
+def conformance(session: nox.Session, device: str, executor: str) -> None:
     """Every OpInfo, the model zoo and module_db, lazy vs eager within 1e-5; writes
-    reports/conformance/{index.html,results.json} and ends with a short table of the outcomes."""
+    reports/conformance/{index.html,results.json} and ends with a short table of the outcomes.
+    ``executor='remote'``: the same suites executed on a genie server (a subprocess per test
+    process), so every check crosses the wire format and runs from resident values; its report
+    goes to reports/conformance-remote/ (``-cuda`` in front for the CUDA device)."""
     _install(session, "test,models")
     if device == "cuda":
         probe = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
                             silent=True, external=True)
         if "True" not in (probe or ""):
-            session.skip("conformance(device='cuda'): CUDA is not available on this machine")
-    # the CPU matrix is the main job's report; the CUDA one goes beside it, not over it
-    out = os.path.join(REPORTS, "conformance" if device == "cpu" else f"conformance-{device}")
+            session.skip(f"conformance(device='cuda', executor='{executor}'): CUDA is not available on this machine")
+    # the CPU matrix is the main job's report; the others go beside it, not over it
+    name = "conformance" + ("" if device == "cpu" else f"-{device}") + ("-remote" if executor == "remote" else "")
+    out = os.path.join(REPORTS, name)
     os.makedirs(out, exist_ok=True)
     workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
     session.run(
         # -q: one mark per cell (passing OpInfo samples print nothing); the run ends with genie's own
         # table of outcomes by dtype and every failure with its reason (conformance/conftest.py)
         "pytest", "conformance", "-p", "no:cacheprovider", "-q", "-n", workers, "-rfE", "--disable-warnings",
-        f"--genie-device={device}", f"--genie-report={out}",
+        f"--genie-device={device}", f"--genie-report={out}", *(["--genie-server"] if executor == "remote" else []),
         *session.posargs,
         # GENIE_REPLAY_AFTER=1: every structure is compiled at first sight, and the suites run each
         # program twice or more, so the checked and the verified compiled code are both proven
         env={"OMP_NUM_THREADS": "1", "GENIE_EXECUTION_DEVICE": device, "GENIE_REPLAY_AFTER": "1"},
-        success_codes=[0, 1],
-    )
-    session.run("python", "-m", "conformance.report", out, "--check")
-
-
-@nox.session(python=PYTHON)
-def conformance_remote(session: nox.Session) -> None:
-    """The model zoo and module_db once more, executed on a genie server (a subprocess per test
-    process): every check crosses the wire format, runs from resident values and must still equal
-    eager; writes reports/conformance-remote/."""
-    _install(session, "test,models")
-    out = os.path.join(REPORTS, "conformance-remote")
-    os.makedirs(out, exist_ok=True)
-    workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
-    session.run(
-        "pytest", "conformance/test_models.py", "-p", "no:cacheprovider", "-q", "-n", workers, "-rfE",
-        "--disable-warnings", "--genie-server", f"--genie-report={out}", *session.posargs,
-        env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"},
         success_codes=[0, 1],
     )
     session.run("python", "-m", "conformance.report", out, "--check")

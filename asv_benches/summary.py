@@ -64,8 +64,10 @@ def write_index(reports: str, rows) -> str:
                      f"{s['aten_exercised']}")
     links = [("coverage/index.html", "Coverage (nox -s tests)"),
              ("conformance/index.html", "Conformance matrix (nox -s conformance)"),
-             ("conformance-cuda/index.html", "Conformance matrix executed on CUDA (nox -s \"conformance(device='cuda')\")"),
-             ("conformance-remote/index.html", "Model zoo executed on a genie server (nox -s conformance_remote)"),
+             ("conformance-cuda/index.html",
+              "Conformance matrix executed on CUDA (nox -s \"conformance(device='cuda', executor='local')\")"),
+             ("conformance-remote/index.html",
+              "Conformance matrix executed on a genie server (nox -s \"conformance(device='cpu', executor='remote')\")"),
              ("perf/index.html", "asv history (nox -s perf_report)")]
     link_html = "".join(
         f"<li><a href='{href}'>{label}</a>{'' if os.path.exists(os.path.join(reports, href)) else ' (not built)'}</li>"

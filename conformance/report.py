@@ -205,7 +205,7 @@ def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
     """The short table the job ends with: cells and outcomes by dtype, every failure with its reason."""
     s = summarize(payload)
     lines = []
-    if s["cells"]:  # a run of the model axis alone (conformance_remote) has no OpInfo cells
+    if s["cells"]:  # a run of the model axis alone (pytest conformance/test_models.py) has no OpInfo cells
         lines.append(f"{'dtype':<10} {'cells':>6} {'pass':>6} {'xfail':>6} {'fail':>6} {'skip':>6}")
         for d, c in s["by_dtype"].items():
             lines.append(f"{d:<10} {sum(c.values()):>6} {c.get('pass', 0):>6} {c.get('xfail', 0):>6} "

@@ -530,3 +530,16 @@ def test_the_remote_example_runs():
                          text=True, timeout=300, env=dict(os.environ, GENIE_SERVERS=""))
     assert out.returncode == 0, out.stderr
     assert "step 4: loss" in out.stdout and "remote_server.py:" in out.stdout
+
+
+def test_a_multi_output_value_computed_locally_goes_up_when_a_remote_plan_reads_it(srv):
+    # the fused CPU attention kernel is random-tagged: computing b locally runs a's kernel too (the
+    # device's random chain), and a's two-output value then lives in this process
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 4, 8)
+    lq = q.to(DEVICE)
+    a = nn.functional.scaled_dot_product_attention(lq, lq, lq)
+    b = nn.functional.scaled_dot_product_attention(lq * 2, lq, lq)
+    assert torch.equal(host(b), nn.functional.scaled_dot_product_attention(q * 2, q, q))
+    with genie.remote(srv):
+        assert torch.equal(host(a + 1), nn.functional.scaled_dot_product_attention(q, q, q) + 1)

@@ -485,8 +485,18 @@ class RemoteExecutor(Executor):
                 else:
                     start, n = wire.extent(v)
                     inputs.append(conn.upload(v, start, n, descriptors, streams, segments))
-            elif c is tuple and k in ext_at:
-                raise NotImplementedError("genie remote: a multi-output value held in this process cannot be sent")
+            elif (c is tuple or c is list) and k in ext_at:
+                # a multi-output node computed in this process (a local run between remote blocks):
+                # each output's storage goes up, and the server keeps them as one value
+                parts = []
+                for t, spec in zip(v, specs[ext_at[k][0]]):
+                    if isinstance(t, torch.Tensor):
+                        parts.append(conn.upload(t, 0, _storage_bytes(t, spec), descriptors, streams, segments))
+                    else:
+                        parts.append(t)
+                inputs.append(parts)
+                if not elsewhere:
+                    uploads.append((k, conn.new_id()))
             else:
                 inputs.append(v)
         rng = []
