@@ -543,3 +543,11 @@ def test_a_multi_output_value_computed_locally_goes_up_when_a_remote_plan_reads_
     assert torch.equal(host(b), nn.functional.scaled_dot_product_attention(q * 2, q, q))
     with genie.remote(srv):
         assert torch.equal(host(a + 1), nn.functional.scaled_dot_product_attention(q, q, q) + 1)
+
+
+def test_a_value_read_at_two_places_of_a_plan_is_sent_once(remote):
+    x = torch.randn(64, 64)
+    lx = x.to(DEVICE)  # held in this process until a plan reads it
+    up = remote.conn.bytes_up
+    assert torch.allclose(host((lx * 2 + lx.sin()).sum()), (x * 2 + x.sin()).sum())
+    assert remote.conn.bytes_up - up <= x.numel() * 4 + 1024  # one copy (plus the message's own bytes)

@@ -454,6 +454,7 @@ class RemoteExecutor(Executor):
 
         descriptors, streams, segments, uploads = [], [], [], []
         inputs = []
+        sent: dict = {}  # id of a tensor uploaded in this message -> its Blob
         ext_at = {slot: (sp, path) for slot, sp, path in tpl.ext_slots}
         for k, v in enumerate(plan.inputs):
             c = v.__class__
@@ -479,8 +480,13 @@ class RemoteExecutor(Executor):
                         start, n = wire.extent(v)
                     inputs.append(conn.upload(v, start, n, descriptors, streams, segments))
                 elif k in ext_at:  # a materialized node's value: its whole storage, and keep it there
+                    blob = sent.get(id(v))
+                    if blob is not None:  # the same value read at another place of the plan: sent once
+                        inputs.append(blob)
+                        continue
                     nbytes = _storage_bytes(v, specs[ext_at[k][0]])
-                    inputs.append(conn.upload(v, 0, nbytes, descriptors, streams, segments))
+                    blob = sent[id(v)] = conn.upload(v, 0, nbytes, descriptors, streams, segments)
+                    inputs.append(blob)
                     uploads.append((k, conn.new_id()))
                 else:
                     start, n = wire.extent(v)
