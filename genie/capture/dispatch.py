@@ -311,7 +311,9 @@ class _NeedsValues(Exception):
     """Raised by the walk: an argument's value is needed to run this call (a sparse tensor)."""
 
 
-def _walk(seq, key, func):
+def _walk(seq, key, func, floats=True):
+    """Node arguments of ``seq``, appending their signature to ``key``; ``floats``: whether a float's
+    value is part of the signature (``OpClass.floats``), else only its kind."""
     out = []
     for a in seq:
         c = a.__class__
@@ -323,13 +325,17 @@ def _walk(seq, key, func):
                 raise _NeedsValues
             key.append(a._spec)
             out.append(a._node)
-        elif c is int or c is float or c is bool:
+        elif c is int or c is bool:
             key.append(c)
             key.append(a)
             out.append(a)
+        elif c is float:
+            key.append(c)
+            key.append(a if floats else None)
+            out.append(a)
         elif c is list or c is tuple:
             sub = []
-            out.append(tuple(_walk(a, sub, func)))
+            out.append(tuple(_walk(a, sub, func, floats)))
             key.append(tuple(sub))
         elif isinstance(a, torch.Tensor):
             const = _constant(a, func)
@@ -378,7 +384,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                 lazies += 1
             elif c in _ATOMS:
                 key.append(c)
-                key.append(a)
+                key.append(a if c is not float or oc.floats else None)  # (as _walk keys it)
                 nargs.append(a)
             elif c is list or c is tuple:  # int lists: dims, sizes (same key as _walk builds)
                 sub = []
@@ -404,7 +410,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                         return capture(func, args, kwargs)
                     key.append(k)
                     key.append(c)
-                    key.append(v)
+                    key.append(v if c is not float or oc.floats else None)
                     nkw[k] = v
             if oc.writes:  # no argument aliases another: the alias signature is all None
                 key.append((None,) * lazies)
@@ -456,7 +462,7 @@ def capture(func, args, kwargs):
         return run_eagerly(func, oc, args, kwargs)
     key = [oc]
     try:
-        nargs = tuple(_walk(args, key, func))
+        nargs = tuple(_walk(args, key, func, oc.floats))
         return _capture_general(func, oc, args, kwargs, key, nargs)
     except _NeedsValues:
         return run_eagerly(func, oc, args, kwargs)
@@ -467,7 +473,7 @@ def _capture_general(func, oc, args, kwargs, key, nargs):
         nkw = {}
         for k, v in kwargs.items():
             key.append(k)
-            nkw[k] = _walk((v,), key, func)[0]
+            nkw[k] = _walk((v,), key, func, oc.floats)[0]
     else:
         nkw = _EMPTY
     if oc.writes:
