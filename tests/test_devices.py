@@ -192,3 +192,11 @@ def test_unmodified_program_sees_two_devices_from_genie_servers(tmp_path):
             p.kill()
             p.wait()
             p.stdout.close()
+
+
+def test_a_saved_tensor_loads_back_onto_its_device(two, tmp_path):
+    x = torch.arange(4.0, device=D1) * 2
+    torch.save({"x": x, "p": nn.Parameter(torch.ones(2, device=D1))}, tmp_path / "t.pt")
+    back = torch.load(tmp_path / "t.pt")
+    assert back["x"].device == torch.device(D1) and isinstance(back["p"], nn.Parameter)
+    assert torch.equal(host(back["x"]), torch.arange(4.0) * 2)

@@ -236,3 +236,19 @@ def test_kernel_layout_differing_from_meta_keeps_values():
         x.unsqueeze_(0)
         res[dev] = (x + p1).cpu()
     assert torch.equal(res[DEVICE], res["cpu"])
+
+
+def test_repeated_writes_to_a_viewed_tensor_keep_its_views_current():
+    # the second and later rounds take the capture hot path (a write to the whole root of a storage
+    # that no other argument reads); a write whose argument aliases the target does not
+    torch.manual_seed(0)
+    x, d = torch.randn(4, 4), torch.rand(4, 4) + 1
+    lx, ld = x.to(DEVICE), d.to(DEVICE)
+    vt, lvt = x.t(), lx.t()
+    for step in range(3):
+        x.mul_(0.5).addcdiv_(x, d, value=-0.1 * step)
+        lx.mul_(0.5).addcdiv_(lx, ld, value=-0.1 * step)
+        x[0].add_(x[1])  # a write to a view, reading its own storage
+        lx[0].add_(lx[1])
+        assert torch.equal(host(lvt), vt) and torch.equal(host(lx), x)
+        assert lx._version == x._version

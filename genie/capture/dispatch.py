@@ -367,18 +367,35 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     arguments that are atoms; and a signature already in the cache. The key is the one
     ``_capture_general`` builds for the same call."""
     if backward_context is not None and _autograd_node() is not None:
-        return _capture_backward(func, args, kwargs or _EMPTY)
+        # an op autograd runs in backward: captured in the context of the forward module it came
+        # from, by the same paths as any other op
+        saved = node_scope.ctx
+        node_scope.ctx = backward_context()
+        try:
+            return _dispatch(func, args, kwargs)
+        finally:
+            node_scope.ctx = saved
+    return _dispatch(func, args, kwargs)
+
+
+def _dispatch(func, args, kwargs):
     oc = _classes.get(id(func))
     if oc is not None and oc.hot:
         key = [oc]
         nargs = []
         lazies = 0
+        stores = None  # with a write: each LazyTensor argument's storage, once one has any
         for a in args:
             c = a.__class__
             if c is LazyTensor:
                 s = a._storage
-                if s is not None and (a._version != s.version or oc.writes):
-                    break
+                if s is not None:
+                    if a._version != s.version:
+                        break
+                    if oc.writes and stores is None:
+                        stores = [None] * lazies
+                if stores is not None:
+                    stores.append(s)
                 key.append(a._spec)
                 nargs.append(a._node)
                 lazies += 1
@@ -412,17 +429,31 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                     key.append(c)
                     key.append(v if c is not float or oc.floats else None)
                     nkw[k] = v
-            if oc.writes:  # no argument aliases another: the alias signature is all None
-                key.append((None,) * lazies)
+            if oc.writes:  # the alias signature, as _alias_signature makes it
+                if stores is None:
+                    key.append((None,) * lazies)
+                else:
+                    groups: dict = {}
+                    key.append(tuple(None if g is None else groups.setdefault(id(g), len(groups)) for g in stores))
             inf = _cache.get(tuple(key))
             if inf is not None and inf.error is None:
                 if oc.writes:
                     t = args[0]
                     spec = inf.mutated[0]
                     if t.__class__ is LazyTensor and spec is t._spec:
-                        oc.captured += 1
-                        t._node = Node(func, tuple(nargs), nkw, spec)  # nothing aliases t: a new value
-                        return t
+                        s = t._storage
+                        if s is None:
+                            oc.captured += 1
+                            t._node = Node(func, tuple(nargs), nkw, spec)  # nothing aliases t: a new value
+                            return t
+                        if spec is s.root_spec and stores.count(s) == 1:
+                            # t is its storage's whole root and no other argument reads that storage
+                            # (_build and _mutate do the same, and note no reads of written memory)
+                            oc.captured += 1
+                            s.root = t._node = Node(func, tuple(nargs), nkw, spec)
+                            s.version += 1
+                            t._version = s.version
+                            return t
                 else:
                     spec = inf.outs[0]
                     if spec.__class__ is TensorSpec:
@@ -432,16 +463,6 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
                             return _wrap_out(spec, node, _storage_of(args[0]), args[0])
                         return new_lazy(spec, node)
     return capture(func, args, kwargs or _EMPTY)
-
-
-def _capture_backward(func, args, kwargs):
-    """An op autograd runs in backward: captured in the context of the forward module it came from."""
-    saved = node_scope.ctx
-    node_scope.ctx = backward_context()
-    try:
-        return capture(func, args, kwargs)
-    finally:
-        node_scope.ctx = saved
 
 
 def capture(func, args, kwargs):

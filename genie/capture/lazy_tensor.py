@@ -46,7 +46,8 @@ class LazyTensor(torch.Tensor):
 
     def __reduce_ex__(self, proto):
         # pickling / torch.save: save the value, as a CUDA tensor saves its data
-        return (_rebuild, (self.detach().cpu(), self.requires_grad, bool(getattr(self, "_is_param", False))))
+        return (_rebuild, (self.detach().cpu(), self.requires_grad, bool(getattr(self, "_is_param", False)),
+                           self._spec.index))
 
     @property
     def genie_node(self):
@@ -57,8 +58,10 @@ class LazyTensor(torch.Tensor):
         return self._node
 
 
-def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False):
-    t = host.to(dispatch.DEVICE)
+def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False, index: int = 0):
+    # back on the device it was saved from, as a CUDA tensor is (an index past device_count()
+    # raises; torch.load's map_location moves it elsewhere)
+    t = host.to(dispatch.device_at(index) if index else dispatch.DEVICE)
     if is_param:  # a Parameter on the device is a LazyTensor flagged as one (nn.Parameter's rule)
         return torch.nn.Parameter(t, requires_grad)
     if requires_grad:
