@@ -200,3 +200,32 @@ def test_a_saved_tensor_loads_back_onto_its_device(two, tmp_path):
     back = torch.load(tmp_path / "t.pt")
     assert back["x"].device == torch.device(D1) and isinstance(back["p"], nn.Parameter)
     assert torch.equal(host(back["x"]), torch.arange(4.0) * 2)
+
+
+def test_gradients_flow_back_across_a_copy_between_devices(two):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    a = x.to(D0).requires_grad_()
+    w = torch.randn(4, 2, device=D1, requires_grad=True)
+    loss = (a.to(D1) @ w).square().sum()
+    loss.backward()
+    xe, we = x.clone().requires_grad_(), host(w.detach()).requires_grad_()
+    (xe @ we).square().sum().backward()
+    assert a.grad.device == torch.device(D0) and w.grad.device == torch.device(D1)
+    assert torch.allclose(host(a.grad), xe.grad) and torch.allclose(host(w.grad), we.grad)
+
+
+def test_attention_kernels_choose_and_create_on_the_second_device(two):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    lazy = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    lazy.load_state_dict(layer.state_dict())
+    lazy = lazy.to(D1)
+    for train in (False, True):
+        layer.train(train)
+        lazy.train(train)
+        with torch.set_grad_enabled(train):
+            out = lazy(x.to(D1))
+            assert out.device == torch.device(D1)
+            assert torch.allclose(host(out.detach()), layer(x).detach(), atol=1e-6)
