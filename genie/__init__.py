@@ -29,6 +29,7 @@ from .semantics.context import keep_structure, phase
 
 _backend.register()
 _dispatch._materialize = _scheduler.materialize
+_dispatch.beyond_device_0 = _scheduler._beyond_device_0
 _rng.chain.materialize = _scheduler.materialize
 _dispatch.first_use = _semantic_context.install
 
@@ -40,8 +41,9 @@ class RemoteAcceleratorDevice:
 
     @staticmethod
     def get_device(index: int = 0) -> torch.device:
-        if index != 0:
-            raise RuntimeError(f"remote_accelerator: device index {index} out of range (1 device)")
+        n = _scheduler.device_count()
+        if not 0 <= index < n:
+            raise RuntimeError(f"remote_accelerator: device index {index} out of range ({n} device{'s' * (n != 1)})")
         return torch.device("remote_accelerator", index)
 
 

@@ -172,8 +172,11 @@ def test_unmodified_program_sees_two_devices_from_genie_servers(tmp_path):
     script.write_text(textwrap.dedent("""
         import torch, genie
         assert torch.remote_accelerator.device_count() == 2
+        w = torch.ones(3, device="remote_accelerator:1", requires_grad=True)
+        (w * 2).sum().backward()  # before anything ran: the autograd engine sees device 1 first here
         a = torch.arange(6.0, device="remote_accelerator:0")
         b = (a * 2).to("remote_accelerator:1") + 1
+        assert w.grad.cpu().tolist() == [2.0, 2.0, 2.0]
         print(b.device, b.cpu().tolist(), genie.server_stats(1)["address"] != genie.server_stats(0)["address"])
     """))
     token = "test-token-" + os.urandom(8).hex()
@@ -229,3 +232,37 @@ def test_attention_kernels_choose_and_create_on_the_second_device(two):
             out = lazy(x.to(D1))
             assert out.device == torch.device(D1)
             assert torch.allclose(host(out.detach()), layer(x).detach(), atol=1e-6)
+
+
+def test_ops_that_name_a_device_put_their_output_there(two):
+    x0 = torch.arange(4.0, device=D0)
+    for out in (torch.zeros_like(x0, device=D1), torch.full_like(x0, 2.0, device=D1), x0.new_ones(2, device=D1),
+                torch.empty_like(x0, device=D1)):
+        assert out.device == torch.device(D1)
+    assert torch.equal(host(torch.full_like(x0, 2.0, device=D1)), torch.full((4,), 2.0))
+
+
+def test_device_errors_name_the_devices_as_eager_does(two):
+    x0, x1 = torch.ones(3, device=D0), torch.ones(3, device=D1)
+    with pytest.raises(RuntimeError, match="found at least two devices, remote_accelerator:1 and remote_accelerator:0!"):
+        x1 + x0
+    with pytest.raises(RuntimeError, match="found at least two devices, remote_accelerator:1 and cpu!"):
+        x1 + torch.ones(3)
+    with pytest.raises(RuntimeError, match="aten::masked_select: Expected all tensors to be on the same device"):
+        torch.masked_select(x0, x1 > 0)  # run eagerly (data-dependent), refused all the same
+
+
+def test_a_device_generator_state_is_read_on_its_own_server(two):
+    torch.manual_seed(3)
+    before = _resident(0)
+    state = torch.remote_accelerator.get_rng_state(D1)
+    torch.manual_seed(3)
+    assert torch.equal(state, torch.get_rng_state())  # the state manual_seed(3) leaves
+    assert _resident(0) == before
+
+
+def test_a_tensor_saved_from_a_device_that_is_missing_says_so(servers, two, tmp_path):
+    torch.save(torch.ones(2, device=D1), tmp_path / "t.pt")
+    with genie.remote(servers[0]):  # one device now
+        with pytest.raises(RuntimeError, match="saved from remote_accelerator:1 cannot be loaded with 1 device"):
+            torch.load(tmp_path / "t.pt")

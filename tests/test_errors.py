@@ -105,3 +105,30 @@ def test_metadata_disagreement_is_an_error():
     node.spec = intern_spec((4,), (1,), 0, torch.float32, 16)
     with pytest.raises(RuntimeError, match="capture inferred"):
         LocalExecutor(torch.device("cpu")).run_node(node)
+
+
+def test_errors_that_depend_on_a_float_value_are_raised_for_that_value_only():
+    # pointwise ops key small floats by sign (one cache entry for AdamW's changing step sizes);
+    # a verdict that depends on the value must still follow the value
+    h = torch.ones(4, dtype=torch.half)
+    lh = h.to(DEVICE)
+    m = torch.tensor([True, False, True, False])
+    lm = m.to(DEVICE)
+    with pytest.raises(RuntimeError, match="overflow"):
+        lh.clamp_min(1e30)
+    assert torch.equal(host(lh.clamp_min(2.0)), h.clamp_min(2.0))
+    assert torch.equal(host(lh.masked_fill(lm, -1e4)), h.masked_fill(m, -1e4))
+    with pytest.raises(RuntimeError, match="overflow"):
+        lh.masked_fill(lm, -1e9)
+    x = torch.randn(5)
+    with pytest.raises(RuntimeError, match="lambda"):
+        torch.nn.functional.softshrink(x.to(DEVICE), -0.5)
+    assert torch.equal(host(torch.nn.functional.softshrink(x.to(DEVICE), 0.3)),
+                       torch.nn.functional.softshrink(x, 0.3))
+    u = torch.full((3,), 5, dtype=torch.uint8)
+    with pytest.raises(RuntimeError):
+        torch.ones(3, dtype=torch.uint8).masked_fill(torch.ones(3, dtype=torch.bool), -1.0)
+    with pytest.raises(RuntimeError):
+        u.to(DEVICE).masked_fill(torch.ones(3, dtype=torch.bool, device=DEVICE), -1.0)
+    assert torch.equal(host(u.to(DEVICE).masked_fill(torch.ones(3, dtype=torch.bool, device=DEVICE), 2.0)),
+                       torch.full((3,), 2, dtype=torch.uint8))

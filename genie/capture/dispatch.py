@@ -81,15 +81,19 @@ def is_remote_device(d) -> bool:
 
 def device_at(index: int) -> torch.device:
     """``remote_accelerator:index`` (one object per index: wrappers are made with it)."""
-    while len(DEVICES) <= index:
-        # the device's random chain starts before any of its ops is captured (links point back in ids)
-        chain_for(len(DEVICES))
-        DEVICES.append(torch.device(DEVICE_TYPE, len(DEVICES)))
+    if index < len(DEVICES):
+        return DEVICES[index]
+    with _cache_lock:
+        while len(DEVICES) <= index:
+            # the device's random chain starts before any of its ops is captured (links point back in ids)
+            chain_for(len(DEVICES))
+            DEVICES.append(torch.device(DEVICE_TYPE, len(DEVICES)))
     return DEVICES[index]
 
 
 current_index = None  # bound by _backend: the current device's index (torch.remote_accelerator.current_device)
 device_count = None  # bound by _backend: how many remote_accelerator devices there are
+beyond_device_0 = None  # bound by the scheduler: called on a thread that makes a tensor on a device past 0
 
 
 def index_of_device(device) -> int:
@@ -102,8 +106,10 @@ def index_of_device(device) -> int:
         n = device_count()
         raise RuntimeError(f"{DEVICE_TYPE}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
                            "each genie server is one device: see genie.remote)")
-    if index >= len(DEVICES):
-        device_at(index)
+    if index:
+        if index >= len(DEVICES):
+            device_at(index)
+        beyond_device_0()
     return index
 
 
@@ -266,11 +272,13 @@ def _device_error(func, other, mine=None) -> RuntimeError:
 
 def _placement(func, args, kwargs):
     """(device index of the op's outputs, error or None). Outputs go where a ``remote_accelerator``
-    device argument says (``.to("remote_accelerator:1")``), else where the LazyTensor arguments are;
-    those must agree, except for a copy's source, which may come from any device."""
+    device argument says (``.to("remote_accelerator:1")``, ``zeros_like(x, device=...)``), and the
+    tensors then may be anywhere; else where the LazyTensor arguments are, which must agree (a
+    copy's source may come from any device). The error names the first operand's device first, as
+    eager's does."""
     indices = []
     device = None
-    stack = [tuple(args), tuple(kwargs.values())]
+    stack = [tuple(kwargs.values()), tuple(args)]  # popped: args first, in order
     while stack:
         for a in stack.pop():
             if isinstance(a, LazyTensor):
@@ -279,22 +287,37 @@ def _placement(func, args, kwargs):
                 stack.append(tuple(a))
             elif isinstance(a, torch.device) and a.type == DEVICE_TYPE:
                 device = a
-    first = args[0] if args and isinstance(args[0], LazyTensor) else None
-    if func in _ANY_SOURCE:  # copy_(dst, src) and _to_copy(src, device=...): the source may be anywhere
-        if device is not None:
-            return index_of_device(device), None
-        return (first._spec.index if first is not None else (indices[0] if indices else 0)), None
     if device is not None:
-        index = index_of_device(device)
-        indices.append(index)
-    else:
-        index = indices[0] if indices else 0
+        return index_of_device(device), None
+    if func in _ANY_SOURCE:  # copy_(dst, src): the destination's device; the source may be anywhere
+        return (indices[0] if indices else 0), None
+    index = indices[0] if indices else 0
     for i in indices:
         if i != index:  # (op_error puts the op's name in front)
             return index, RuntimeError("Expected all tensors to be on the same device, but found at least two "
-                                       f"devices, {device_at(min(i, index))} and {device_at(max(i, index))}!")
+                                       f"devices, {device_at(index)} and {device_at(i)}!")
     return index, None
 
+
+def _first_device(args, kwargs) -> torch.device:
+    """The device of the first LazyTensor argument (what eager's device errors name first)."""
+    stack = [tuple(kwargs.values()), tuple(args)]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, LazyTensor):
+                return DEVICES[a._spec.index]
+            if isinstance(a, (list, tuple)):
+                stack.append(tuple(a))
+    return DEVICE
+
+
+class _ForeignTensor(RuntimeError):
+    """A plain tensor of another device among an op's arguments (re-raised by ``capture`` with the
+    LazyTensor arguments' device)."""
+
+    def __init__(self, func, device):
+        super().__init__(func, device)
+        self.func, self.device = func, device
 
 
 def _constant(a, func):
@@ -304,11 +327,25 @@ def _constant(a, func):
                                   "(strided tensors only)")
     if func in _ANY_SOURCE or (a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_TENSOR_OK)):
         return a.detach().clone()
-    raise _device_error(func, a.device)
+    raise _ForeignTensor(func, a.device)
 
 
 class _NeedsValues(Exception):
     """Raised by the walk: an argument's value is needed to run this call (a sparse tensor)."""
+
+
+_FLOAT_NEG, _FLOAT_ZERO, _FLOAT_POS = "float<0", "float=0", "float>0"
+
+
+def float_key(v: float):
+    """A float argument of a pointwise op in its signature (``OpClass.floats`` False): by sign
+    when it is small, else by value. Kernels check a float against the dtype it is converted to
+    (overflow of half, int8, uint8 for negatives) and some against zero or its sign (``celu``'s
+    alpha, ``softshrink``'s lambda); within [-127, 127] none of those verdicts depends on more than
+    the sign, so one cache entry (outputs or error) holds for the whole class."""
+    if -127.0 <= v <= 127.0:  # (false for nan)
+        return _FLOAT_NEG if v < 0 else (_FLOAT_POS if v > 0 else _FLOAT_ZERO)
+    return v
 
 
 def _walk(seq, key, func, floats=True):
@@ -331,7 +368,7 @@ def _walk(seq, key, func, floats=True):
             out.append(a)
         elif c is float:
             key.append(c)
-            key.append(a if floats else None)
+            key.append(a if floats else float_key(a))
             out.append(a)
         elif c is list or c is tuple:
             sub = []
@@ -401,7 +438,7 @@ def _dispatch(func, args, kwargs):
                 lazies += 1
             elif c in _ATOMS:
                 key.append(c)
-                key.append(a if c is not float or oc.floats else None)  # (as _walk keys it)
+                key.append(a if c is not float or oc.floats else float_key(a))  # (as _walk keys it)
                 nargs.append(a)
             elif c is list or c is tuple:  # int lists: dims, sizes (same key as _walk builds)
                 sub = []
@@ -427,7 +464,7 @@ def _dispatch(func, args, kwargs):
                         return capture(func, args, kwargs)
                     key.append(k)
                     key.append(c)
-                    key.append(v if c is not float or oc.floats else None)
+                    key.append(v if c is not float or oc.floats else float_key(v))
                     nkw[k] = v
             if oc.writes:  # the alias signature, as _alias_signature makes it
                 if stores is None:
@@ -487,6 +524,8 @@ def capture(func, args, kwargs):
         return _capture_general(func, oc, args, kwargs, key, nargs)
     except _NeedsValues:
         return run_eagerly(func, oc, args, kwargs)
+    except _ForeignTensor as e:
+        raise _device_error(e.func, e.device, _first_device(args, kwargs)) from None
 
 
 def _capture_general(func, oc, args, kwargs, key, nargs):
@@ -641,7 +680,7 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
             if t is None:
                 continue
             if not isinstance(t, LazyTensor):
-                raise _device_error(func, t.device)
+                raise _device_error(func, t.device, _first_device(args, kwargs))
             targets.append((t, s))
     ret_specs = [s for r, s in zip(oc.returns, inf.outs) if r[0] != "alias"]
     flat_specs = [s for _, s in targets] + _flatten(ret_specs)
@@ -656,7 +695,7 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if default_dtype is not None:
         node.note_runtime("default_dtype", default_dtype)
     if oc.random:
-        chain_for(flat_specs[0].index if flat_specs and flat_specs[0] is not None else 0).link(node)
+        chain_for(next((s.index for s in _flatten(flat_specs) if s is not None), 0)).link(node)
     if single:
         out_nodes = [node]
     else:
@@ -769,6 +808,9 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
         oc.fallback += 1
     else:
         oc.eager += 1
+    index, error = _placement(func, args, kwargs)
+    if error is not None:
+        raise op_error(func, error)
     rargs = _real(args)
     rkwargs = {k: _real(v) for k, v in kwargs.items()}
     written = []
@@ -782,7 +824,8 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
         clones = []
         for lz, rv in zip(items, reals):
             if isinstance(lz, torch.Tensor) and not isinstance(lz, LazyTensor):
-                raise _device_error(func, lz.device)  # an out= tensor on another device, as eager refuses it
+                # an out= tensor on another device, as eager refuses it
+                raise _device_error(func, lz.device, _first_device(args, kwargs))
             if isinstance(lz, LazyTensor):
                 c = _clone_exact(rv)
                 written.append((lz, c))
@@ -800,7 +843,6 @@ def run_eagerly(func, oc, args, kwargs, fallback=False):
     except Exception as e:
         raise op_error(func, e) from e
     recorded = _recorded_args(args, kwargs) if keep_structure.depth else None
-    index = _placement(func, args, kwargs)[0]
     for lz, c in written:
         _mutate(lz, _eager_node(func, c, recorded, index), on_index(spec_of(c), index), oc.inplace_view)
     if not oc.returns:

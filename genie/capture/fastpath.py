@@ -47,7 +47,7 @@ def _fast(oc, a, b):
         key = (oc, a._spec, b._spec)
         nargs = (a._node, b._node)
     elif cb in _SCALARS:
-        key = (oc, a._spec, cb, b if cb is not float or oc.floats else None)  # (as dispatch keys it)
+        key = (oc, a._spec, cb, b if cb is not float or oc.floats else dispatch.float_key(b))  # (as dispatch keys it)
         nargs = (a._node, b)
     else:
         return None

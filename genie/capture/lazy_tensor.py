@@ -59,8 +59,12 @@ class LazyTensor(torch.Tensor):
 
 
 def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False, index: int = 0):
-    # back on the device it was saved from, as a CUDA tensor is (an index past device_count()
-    # raises; torch.load's map_location moves it elsewhere)
+    # back on the device it was saved from, as a CUDA tensor is
+    n = dispatch.device_count()
+    if index >= n:  # (torch.load's map_location reaches storages only, not this rebuild)
+        raise RuntimeError(f"genie: a tensor saved from remote_accelerator:{index} cannot be loaded with {n} "
+                           f"device{'s' * (n != 1)}: load it inside genie.remote([...]) with enough servers, "
+                           "or save the tensor's .cpu() copy")
     t = host.to(dispatch.device_at(index) if index else dispatch.DEVICE)
     if is_param:  # a Parameter on the device is a LazyTensor flagged as one (nn.Parameter's rule)
         return torch.nn.Parameter(t, requires_grad)

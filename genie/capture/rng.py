@@ -48,7 +48,8 @@ _seed_state.__name__ = "manual_seed"
 
 
 class RngChain:
-    def __init__(self):
+    def __init__(self, index: int = 0):
+        self.index = index  # the device whose generator this is (its seed nodes carry no spec)
         self._lock = threading.Lock()
         self.head = Node(_seed_state, (DEFAULT_SEED,), {}, None)
         self.initial_seed = DEFAULT_SEED
@@ -83,7 +84,7 @@ class RngChain:
     def get_state(self, materialize) -> torch.Tensor:
         with self._lock:
             head = self.head
-        materialize(head)
+        materialize(head, index=self.index)
         state = head.rng
         if state.__class__ is not torch.Tensor:  # resident on a server
             state = state.fetch()
@@ -102,7 +103,7 @@ def chain_for(index: int) -> RngChain:
         return chains[index]
     with _chains_lock:
         while len(chains) <= index:
-            c = RngChain()
+            c = RngChain(len(chains))
             c.seed(_all_seed[0])
             c.materialize = chain.materialize
             chains.append(c)

@@ -89,17 +89,19 @@ class OpClass:
             self.composite or self.dynamic or self.random or self.inplace_view)
         # taken by dispatch.torch_dispatch's hot path (special ops have handlers of their own)
         self.hot = self.plain or self.single_view or (self.simple_inplace and not self.grad_mode)
-        # whether the signature holds the value of a Python float argument, or only that it is a float.
-        # A pointwise op's outputs broadcast its tensors, and a scalar promotes by its kind, never by
-        # its value: AdamW's ``denom / bias_correction2_sqrt`` and ``addcdiv_(value=-step_size)``
-        # change their float every step, and keyed by value each step missed the cache (metadata
-        # inference, ~0.4 ms a call, and a cache that grows without bound).
+        # whether the signature holds the value of a Python float argument, or only its class
+        # (dispatch.float_key). A pointwise op's outputs broadcast its tensors, and a scalar promotes
+        # by its kind, never by its value: AdamW's ``denom / bias_correction2_sqrt`` and
+        # ``addcdiv_(value=-step_size)`` change their float every step, and keyed by value each step
+        # missed the cache (metadata inference, ~0.4 ms a call, and a cache that grows without bound).
         self.floats = Tag.pointwise not in tags or schema.name in FLOAT_CHECKING_POINTWISE
 
 
-# Pointwise ops whose kernels check the values of float arguments (an error for some values only).
+# Pointwise ops whose kernels compare two float arguments (min against max, lower against upper):
+# their verdicts depend on more than each float's class, so their floats stay in the key by value.
 FLOAT_CHECKING_POINTWISE = frozenset({"aten::hardtanh", "aten::hardtanh_", "aten::rrelu_with_noise",
-                                      "aten::rrelu_with_noise_", "aten::clamp", "aten::clamp_"})
+                                      "aten::rrelu_with_noise_", "aten::clamp", "aten::clamp_",
+                                      "aten::hardtanh_backward", "aten::rrelu_with_noise_backward"})
 
 # Kernels that look at GradMode: mkldnn's RNN layer allocates the workspace its backward needs
 # only when grad is enabled. Captured with the grad mode of the call (part of the signature) and

@@ -90,6 +90,12 @@ def reset_executor() -> None:
 _serial_backward = threading.local()
 
 
+def _beyond_device_0() -> None:
+    # a thread that makes tensors on remote_accelerator:1 or later will run their backward
+    if getattr(_serial_backward, "was", None) is None:
+        _autograd_in_caller(True)
+
+
 def _autograd_in_caller(on: bool) -> None:
     """With several devices, backward runs in the thread that calls it (the autograd engine's
     "multithreading disabled" mode, which torch keeps per thread).
@@ -106,6 +112,7 @@ def _autograd_in_caller(on: bool) -> None:
     elif not on and was is not None:
         torch._C._set_multithreading_enabled(was)
         _serial_backward.was = None
+
 
 
 # Markers of the fingerprint (see execution/replay.py for how a program reads them back).
@@ -330,10 +337,11 @@ def _tensor_layout(t):
     return (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
 
 
-def materialize(node: Node, local: bool = False):
+def materialize(node: Node, local: bool = False, index: int | None = None):
     """The value of ``node``, computing whatever it depends on. ``local``: a tensor in this
     process is wanted (a value resident on a server is brought back, with the run that computes
-    it when there is one). Every call that runs or reads something is a sync point (syncs.py)."""
+    it when there is one). ``index``: the device of a node without a tensor spec (a generator
+    state). Every call that runs or reads something is a sync point (syncs.py)."""
     value = node.value
     if value is not None:
         if local and value.__class__ is RemoteValue:
@@ -345,7 +353,7 @@ def materialize(node: Node, local: bool = False):
         elif not local and value.__class__ is torch.Tensor and _executor is not None and _executor.remote:
             # held in this process (an upload not yet used): materializing makes it resident there
             t0 = perf_counter()
-            executor = _executor if not _others else get_executor(index_of(node) or 0)
+            executor = _executor if not _others else get_executor(_device_of(node, index))
             with _lock:
                 if node.value is value:
                     executor.put(node)
@@ -360,10 +368,11 @@ def materialize(node: Node, local: bool = False):
             t0 = perf_counter()
             executor = get_executor()
             if _others:  # several devices: this one's executor, after the inputs other devices hold
-                executor = get_executor(index_of(node) or 0)
-                _run_other_devices(node)
+                here = _device_of(node, index)
+                executor = get_executor(here)
+                _run_other_devices(node, here)
                 if node.value is not None:
-                    return materialize(node, local)
+                    return materialize(node, local, index)
             if not executor.remote and RemoteValue.live:
                 _bring_back(node)  # values left on a server by an earlier remote block
             plan = Plan(node, getattr(executor, "replays", False))
@@ -381,14 +390,18 @@ def materialize(node: Node, local: bool = False):
         _lock.release()
     if local and fetched is not None and fetched is not WANT_VALUE:
         return fetched
-    return materialize(node, local) if local else node.value
+    return materialize(node, local, index) if local else node.value
 
 
-def _run_other_devices(target: Node) -> None:
-    """Materialize what ``target``'s device reads from other devices (the sources of copies between
-    devices), each on its own device, so the plan for ``target`` holds nodes of one device only and
-    takes those values as inputs (the client moves them between servers)."""
-    index = index_of(target) or 0
+def _device_of(node: Node, index: int | None) -> int:
+    i = index_of(node)
+    return i if i is not None else (index or 0)
+
+
+def _run_other_devices(target: Node, index: int) -> None:
+    """Materialize what ``target``'s device (``index``) reads from other devices (the sources of
+    copies between devices), each on its own device, so the plan for ``target`` holds nodes of one
+    device only and takes those values as inputs (the client moves them between servers)."""
     for n in _collect(target):
         i = index_of(n)
         if i is not None and i != index:
