@@ -219,7 +219,9 @@ class Session:
         return {"resident_bytes": self.resident_bytes(), "resident_values": len(self.values),
                 "device": str(state.device), "structures": len(state.structures), "runs": state.runs,
                 "sessions": len(sessions), "server_resident_bytes": sum(s.resident_bytes() for s in sessions),
-                "replay": state.executor.programs.stats()}
+                "replay": state.executor.programs.stats(),
+                # in-place writes that reused their input's buffer instead of copying it first
+                "steals": state.executor.steals}
 
     def lookup(self, ref: Ref):
         try:
