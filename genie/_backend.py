@@ -18,8 +18,7 @@ import threading
 
 import torch
 
-from .capture import device_choice, dispatch, factories
-from .capture import rng
+from .capture import device_choice, dispatch, factories, rng
 
 NAME = "remote_accelerator"
 _registered = False

@@ -44,7 +44,7 @@ def _configured_servers() -> list[str]:
 
 def get_executor(index: int = 0):
     """The executor of ``remote_accelerator:index``."""
-    global _executor, _others
+    global _executor
     if _executor is None:
         servers = _configured_servers()
         if servers:  # unmodified programs run on the configured servers, one device each
