@@ -43,11 +43,7 @@ def _index(device) -> int:
         if device.type != NAME:
             raise ValueError(f"{NAME}: expected a {NAME} device, got {device}")
         index = _current.index if device.index is None else device.index
-    n = _DeviceModule.device_count()
-    if not 0 <= index < n:
-        raise RuntimeError(f"{NAME}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
-                           "each genie server is one device: see genie.remote)")
-    return index
+    return dispatch.check_index(index)
 
 
 class _DeviceModule:

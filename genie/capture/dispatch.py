@@ -20,7 +20,7 @@ import threading
 import torch
 from torch.utils._mode_utils import no_dispatch
 
-from ..graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec, on_index, op_name, spec_of
+from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, intern_spec, on_index, op_name, spec_of
 from ..graph.node import keep_structure
 from ..graph.node import scope as node_scope
 from ._tls import eager_kernels
@@ -96,19 +96,24 @@ device_count = None  # bound by _backend: how many remote_accelerator devices th
 beyond_device_0 = None  # bound by the scheduler: called on a thread that makes a tensor on a device past 0
 
 
+def check_index(index: int) -> int:
+    """``index``, if a device has it (as eager checks a CUDA ordinal)."""
+    n = device_count()
+    if not 0 <= index < n:
+        raise RuntimeError(f"{DEVICE_TYPE}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
+                           "each genie server is one device: see genie.remote)")
+    return index
+
+
 def index_of_device(device) -> int:
     """The index of a ``remote_accelerator`` device argument (the current device when it names none),
-    checked against the device count as eager checks a CUDA ordinal."""
+    checked against the device count."""
     index = torch.device(device).index
     if index is None:
         return current_index()
-    if index and index >= device_count():
-        n = device_count()
-        raise RuntimeError(f"{DEVICE_TYPE}: device index {index} is out of range ({n} device{'s' * (n != 1)}; "
-                           "each genie server is one device: see genie.remote)")
     if index:
-        if index >= len(DEVICES):
-            device_at(index)
+        check_index(index)
+        device_at(index)
         beyond_device_0()
     return index
 
@@ -276,17 +281,7 @@ def _placement(func, args, kwargs):
     tensors then may be anywhere; else where the LazyTensor arguments are, which must agree (a
     copy's source may come from any device). The error names the first operand's device first, as
     eager's does."""
-    indices = []
-    device = None
-    stack = [tuple(kwargs.values()), tuple(args)]  # popped: args first, in order
-    while stack:
-        for a in stack.pop():
-            if isinstance(a, LazyTensor):
-                indices.append(a._spec.index)
-            elif isinstance(a, (list, tuple)):
-                stack.append(tuple(a))
-            elif isinstance(a, torch.device) and a.type == DEVICE_TYPE:
-                device = a
+    indices, device = _devices_of(args, kwargs)
     if device is not None:
         return index_of_device(device), None
     if func in _ANY_SOURCE:  # copy_(dst, src): the destination's device; the source may be anywhere
@@ -299,16 +294,27 @@ def _placement(func, args, kwargs):
     return index, None
 
 
-def _first_device(args, kwargs) -> torch.device:
-    """The device of the first LazyTensor argument (what eager's device errors name first)."""
-    stack = [tuple(kwargs.values()), tuple(args)]
+def _devices_of(args, kwargs):
+    """The device indices of the LazyTensor arguments, in argument order, and the last
+    ``remote_accelerator`` device argument (or None)."""
+    indices = []
+    device = None
+    stack = [tuple(kwargs.values()), tuple(args)]  # popped: args first, in order
     while stack:
         for a in stack.pop():
             if isinstance(a, LazyTensor):
-                return DEVICES[a._spec.index]
-            if isinstance(a, (list, tuple)):
+                indices.append(a._spec.index)
+            elif isinstance(a, (list, tuple)):
                 stack.append(tuple(a))
-    return DEVICE
+            elif isinstance(a, torch.device) and a.type == DEVICE_TYPE:
+                device = a
+    return indices, device
+
+
+def _first_device(args, kwargs) -> torch.device:
+    """The device of the first LazyTensor argument (what eager's device errors name first)."""
+    indices = _devices_of(args, kwargs)[0]
+    return DEVICES[indices[0]] if indices else DEVICE
 
 
 class _ForeignTensor(RuntimeError):
@@ -695,7 +701,7 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if default_dtype is not None:
         node.note_runtime("default_dtype", default_dtype)
     if oc.random:
-        chain_for(next((s.index for s in _flatten(flat_specs) if s is not None), 0)).link(node)
+        chain_for(index_of(node) or 0).link(node)
     if single:
         out_nodes = [node]
     else:

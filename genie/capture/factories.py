@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from ..graph.node import Node, TensorSpec, op_name
 from . import dispatch
 from .dispatch import (_DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup, _walk,
@@ -43,7 +42,6 @@ def _capture_factory(func, args, kwargs):
     nargs = tuple(_walk(args, key, func))
     key.append(tuple(kwargs.items()))
     key = tuple(key)
-    default_dtype = None
     inf, default_dtype = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK or inf is _DATA_DEPENDENT:
         raise NotImplementedError(f"{op_name(func)}: no metadata inference for this factory on {DEVICE_TYPE} "

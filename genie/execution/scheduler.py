@@ -71,10 +71,6 @@ def device_count() -> int:
     return 1 + len(_others)
 
 
-def executors() -> tuple:
-    return (get_executor(), *_others)
-
-
 def set_executor(executor, others=()) -> None:
     """Plug in another execution target (e.g. a server-process executor); ``others``: the
     executors of devices 1, 2, ... when there are several."""
@@ -112,7 +108,6 @@ def _autograd_in_caller(on: bool) -> None:
     elif not on and was is not None:
         torch._C._set_multithreading_enabled(was)
         _serial_backward.was = None
-
 
 
 # Markers of the fingerprint (see execution/replay.py for how a program reads them back).
