@@ -327,3 +327,41 @@ def test_an_optimizer_loop_with_buffer_reuse_equals_eager(programs):
             torch.testing.assert_close(host(q), p.detach(), rtol=0, atol=0)
         state_e, state_l = opts[0].state[model.weight], opts[1].state[lazy.weight]
         torch.testing.assert_close(host(state_l["exp_avg_sq"]), state_e["exp_avg_sq"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.AdamW(ps, lr=0.1),
+    lambda ps: torch.optim.Adam(ps, lr=0.1, amsgrad=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+], ids=["adamw", "adam-amsgrad", "sgd-nesterov"])
+def test_optimizers_take_the_foreach_path_and_equal_eagers_single_tensor_steps(programs, make_opt):
+    # as on CUDA, an optimizer on the device defaults to its multi-tensor path: a handful of
+    # _foreach_ ops per step whose changing float lists (step sizes) do not grow the capture cache,
+    # whose written lists reuse their buffers, and whose values are eager's single-tensor ones
+    import copy
+
+    from genie.capture import dispatch, stats
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    lazy = copy.deepcopy(model).to(DEVICE)
+    opts = [make_opt(model.parameters()), make_opt(lazy.parameters())]
+    ex = scheduler.get_executor()
+    sizes = []
+    for step in range(6):
+        x = torch.randn(4, 5)
+        stats.reset_capture_stats()
+        for m, opt, xx in ((model, opts[0], x), (lazy, opts[1], x.to(DEVICE))):
+            opt.zero_grad()
+            m(xx).pow(2).mean().backward()
+            for clip in (torch.nn.utils.clip_grad_norm_,):
+                clip(m.parameters(), 0.5)
+            opt.step()
+        captured = stats.capture_stats()["captured"]
+        assert any(name.startswith("aten::_foreach_") for name in captured), captured
+        for p, q in zip(model.parameters(), lazy.parameters()):
+            torch.testing.assert_close(host(q), p.detach(), rtol=1e-6, atol=1e-6)
+        sizes.append(len(dispatch._cache))
+        if step == 2:  # from here on each step replays one compiled program
+            before = ex.steals
+    assert sizes[-1] == sizes[-2] == sizes[-3], f"the capture cache grows every step: {sizes}"
+    assert ex.steals - before >= 3 * 4, "the foreach writes copied the parameters instead of updating them"

@@ -94,7 +94,30 @@ class OpClass:
         # by its kind, never by its value: AdamW's ``denom / bias_correction2_sqrt`` and
         # ``addcdiv_(value=-step_size)`` change their float every step, and keyed by value each step
         # missed the cache (metadata inference, ~0.4 ms a call, and a cache that grows without bound).
-        self.floats = Tag.pointwise not in tags or schema.name in FLOAT_CHECKING_POINTWISE
+        self.floats = not _pointwise(func) or schema.name in FLOAT_CHECKING_POINTWISE
+
+
+def _pointwise(func) -> bool:
+    """Pointwise, or a foreach op over a pointwise op (``_foreach_addcdiv_.ScalarList`` applies
+    ``addcdiv`` to each tensor of its lists; foreach ops carry no pointwise tag of their own)."""
+    if Tag.pointwise in func.tags:
+        return True
+    name = func._schema.name
+    if not name.startswith("aten::_foreach_"):
+        return False
+    base = name[len("aten::_foreach_"):].rstrip("_")
+    packet = getattr(torch.ops.aten, base, None)
+    if packet is None or "aten::" + base in FLOAT_CHECKING_POINTWISE:
+        return False
+    overloads = packet.overloads()
+    # the per-tensor overload: a ScalarList gives each tensor one Scalar, a List pairs tensors
+    for per_tensor in (_PER_TENSOR.get(func._overloadname, func._overloadname), "default"):
+        if per_tensor in overloads:
+            return Tag.pointwise in getattr(packet, per_tensor).tags
+    return False
+
+
+_PER_TENSOR = {"ScalarList": "Scalar", "List": "Tensor"}
 
 
 # Pointwise ops whose kernels compare two float arguments (min against max, lower against upper):

@@ -116,13 +116,13 @@ class LocalExecutor(Executor):
         kwargs = {k: self._resolve1(v) for k, v in node.kwargs.items()} if node.kwargs else {}
         return self.call(node, args, kwargs)
 
-    def call(self, node: Node, args, kwargs, steal: int = 0):
+    def call(self, node: Node, args, kwargs, steal=0):
         """Run ``node`` on its arguments' values (resolved to this device) and return its value,
         laid out as its spec says. Errors name the op and the node, with eager's exception type.
 
         ``steal`` (compiled programs, in-place ops writing their first argument): 1 when that
         argument is a value of the plan this node is the last to use, 2 when it is a materialized
-        input; the write then goes to that value's own buffer instead of a copy where nothing else
+        input (a tuple of those for a foreach op's written list); the write then goes to that value's own buffer instead of a copy where nothing else
         can see the buffer (see ``_stealable``)."""
         op = node.target
         if op is _seed_state:
@@ -203,7 +203,18 @@ class LocalExecutor(Executor):
                 continue
             src = get_arg(node.args, node.kwargs, where, node.target)
             if is_list:
-                new = [self._writable(v, s, oc) for v, s in zip(value, src)]
+                # a foreach op's per-element modes; indexed, not zipped: a zip's reused result tuple
+                # would hold one more reference to each node than _stealable's count allows
+                modes = steal if steal.__class__ is tuple and where == 0 else ()
+                new = []
+                for k in range(len(value)):
+                    v, s = value[k], src[k]
+                    if k < len(modes) and modes[k] and _stealable(modes[k], s, v):
+                        self.steals += 1
+                    else:
+                        v = self._writable(v, s, oc)
+                    new.append(v)
+                del v, s
                 written.extend(new)
             else:
                 if steal and where == 0 and _stealable(steal, src, value):

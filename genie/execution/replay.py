@@ -231,19 +231,34 @@ class Program:
         return self._fingerprint
 
 
-def _steal_mode(target, annotated, args, i, last, kept_set) -> int:
+def _steal_mode(target, annotated, args, i, last, kept_set):
     """For an in-place op writing its first argument: 1 if that argument is a value of the plan
     that this node uses last and nothing keeps, 2 if it is a materialized input (the executor
-    checks at run time whether anything else holds it), 0 otherwise (the write runs on a copy)."""
+    checks at run time whether anything else holds it), 0 otherwise (the write runs on a copy).
+    A foreach op writing a list (``_foreach_mul_(exp_avgs, beta)``) gets a tuple: one mode per
+    element, and 0 for a value that appears more than once among the node's arguments."""
     if annotated or not isinstance(target, _OpOverload):
         return 0
     oc = classify(target)
-    if not oc.simple_inplace or oc.random or not args or args[0][0] is not None:
+    if oc.random or not args or args[0][0] is not None:
         return 0
     first = args[0][1]
-    if first.__class__ is int:
-        return 1 if first not in kept_set and last.get(first) == i else 0
-    return 2 if first is EXT else 0
+    if oc.simple_inplace:
+        return _steal_one(first, i, last, kept_set)
+    if oc.mutated != [(0, True)] or oc.returns or first.__class__ is not tuple or first[:1] != (LIST,):
+        return 0
+    uses: dict = {}
+    for _, item in args:
+        for j in _refs(item):
+            uses[j] = uses.get(j, 0) + 1
+    modes = tuple(0 if x.__class__ is int and uses[x] > 1 else _steal_one(x, i, last, kept_set) for x in first[1:])
+    return modes if any(modes) else 0
+
+
+def _steal_one(item, i, last, kept_set) -> int:
+    if item.__class__ is int:
+        return 1 if item not in kept_set and last.get(item) == i else 0
+    return 2 if item is EXT else 0
 
 
 def _refs(item):
