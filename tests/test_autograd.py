@@ -105,3 +105,30 @@ def test_no_grad_and_inference_mode():
         z = torch.ones(2, device=DEVICE) + 1
     assert torch.equal(host(z), torch.full((2,), 2.0))
     assert genie.capture_stats()["total_captured"] > 0
+
+
+def test_backward_runs_in_the_calling_thread_and_its_views_stay_exact():
+    # loss.backward() on the device runs its nodes in the calling thread (autograd's multithreading
+    # disabled for that call only), and views autograd makes in backward (t, view, detach, ...) are
+    # fresh wrappers: gradients, in-place updates of them and a second backward equal eager's
+    import threading
+    torch.manual_seed(3)
+    eager = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+    lazy = copy.deepcopy(eager).to(DEVICE)
+    x = torch.randn(4, 6)
+    threads = []
+    for m, xx in ((eager, x), (lazy, x.to(DEVICE))):
+        h = m(xx)
+        if m is lazy:
+            h.register_hook(lambda g: threads.append(threading.get_ident()))
+        h.square().sum().backward()
+        m(xx).sum().backward()  # accumulates into the grads
+        for p in m.parameters():
+            p.grad.mul_(0.5)
+    assert threads == [threading.get_ident()]
+    assert torch._C._is_multithreading_enabled()
+    for p, q in zip(eager.parameters(), lazy.parameters()):
+        got = host(q.grad)
+        assert type(got) is torch.Tensor
+        torch.testing.assert_close(got, p.grad, rtol=1e-6, atol=1e-6)
+    assert lazy[0].weight.grad.untyped_storage().nbytes() == eager[0].weight.grad.untyped_storage().nbytes()

@@ -409,19 +409,26 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     tensors nothing aliases; arguments that are current LazyTensors, atoms or int lists; keyword
     arguments that are atoms; and a signature already in the cache. The key is the one
     ``_capture_general`` builds for the same call."""
-    if backward_context is not None and _autograd_node() is not None:
+    if _autograd_node() is not None:
         # an op autograd runs in backward: captured in the context of the forward module it came
-        # from, by the same paths as any other op
+        # from, by the same paths as any other op, its views without a shared storage object
+        if backward_context is None:
+            return _dispatch(func, args, kwargs, False)
         saved = node_scope.ctx
         node_scope.ctx = backward_context()
         try:
-            return _dispatch(func, args, kwargs)
+            return _dispatch(func, args, kwargs, False)
         finally:
             node_scope.ctx = saved
     return _dispatch(func, args, kwargs)
 
 
-def _dispatch(func, args, kwargs):
+def _dispatch(func, args, kwargs, share_storage=True):
+    """``share_storage``: whether a view made here shares its base's storage object (``_view_of``).
+    Views autograd makes in backward feed backward formulas, which never pass them to an out=
+    composite (the one reader of storage identity, ``is_alias_of``), and the grads they end in
+    are fresh results (AccumulateGrad detaches them); a fresh wrapper costs a third of a shared
+    one, and a backward is mostly views (t, view, detach, transpose)."""
     oc = _classes.get(id(func))
     if oc is not None and oc.hot:
         key = [oc]
@@ -503,7 +510,7 @@ def _dispatch(func, args, kwargs):
                         oc.captured += 1
                         node = Node(func, tuple(nargs), nkw, spec)
                         if oc.single_view:
-                            return _wrap_out(spec, node, _storage_of(args[0]), args[0])
+                            return _wrap_out(spec, node, _storage_of(args[0]), args[0] if share_storage else None)
                         return new_lazy(spec, node)
     return capture(func, args, kwargs or _EMPTY)
 
