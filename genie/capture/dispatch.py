@@ -166,8 +166,13 @@ def _share_storage(t, src, spec: TensorSpec) -> None:
 
 
 _make_subclass = torch.Tensor._make_subclass
-_no_python_dispatch = torch._C._DisableTorchDispatch
-_below_inplace_or_view = torch._C._AutoDispatchBelowADInplaceOrView
+_exclude = torch._C._ExcludeDispatchKeyGuard
+# _DisableTorchDispatch and _AutoDispatchBelowADInplaceOrView together, for this device's tensors,
+# in one guard (a view's wrapper is made under it: one guard object instead of two per view)
+_DK = torch._C.DispatchKey
+_BELOW_VIEW_TRACKING = torch._C.DispatchKeySet(_DK.Python)
+for _k in (_DK.PreDispatch, _DK.PythonTLSSnapshot, _DK.ADInplaceOrView, _DK.AutogradPrivateUse1):
+    _BELOW_VIEW_TRACKING = _BELOW_VIEW_TRACKING | torch._C.DispatchKeySet(_k)
 
 
 def _view_of(src, spec: TensorSpec):
@@ -178,9 +183,10 @@ def _view_of(src, spec: TensorSpec):
         t = new_lazy(spec, None)
         _share_storage(t, src, spec)
     else:
-        with _no_python_dispatch(), _below_inplace_or_view():  # no version-counter bump on src
+        with _exclude(_BELOW_VIEW_TRACKING):  # no Python dispatch, no version-counter bump on src
             t = _make_subclass(LazyTensor, src)
-            t.as_strided_(spec.shape, spec.stride, spec.offset)
+            if spec is not src._spec:  # (detach, alias: the same geometry)
+                t.as_strided_(spec.shape, spec.stride, spec.offset)
     if t.is_conj() != spec.conj:
         torch._C._set_conj(t, spec.conj)
     if t.is_neg() != spec.neg:
@@ -191,7 +197,7 @@ def _view_of(src, spec: TensorSpec):
 def _restride(t, spec: TensorSpec) -> None:
     """Give the wrapper ``t`` new metadata in place (squeeze_, resize_, a resized out=)."""
     if spec.storage_nbytes <= t.untyped_storage().nbytes() and spec.dtype is t._spec.dtype:
-        with _no_python_dispatch(), _below_inplace_or_view():
+        with _exclude(_BELOW_VIEW_TRACKING):
             t.as_strided_(spec.shape, spec.stride, spec.offset)
         t._spec = spec
         return
@@ -404,8 +410,8 @@ _ATOMS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.layout
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
 
-    Hot path: an op with one fresh output (``OpClass.plain``), one view of its first argument
-    (``OpClass.single_view``) or an in-place write of its first argument (``simple_inplace``) on
+    Hot path: an op with one fresh output (``OpClass.plain``), several (``fresh_tuple``: layer and
+    batch norm), one view of its first argument (``OpClass.single_view``) or an in-place write of its first argument (``simple_inplace``) on
     tensors nothing aliases; arguments that are current LazyTensors, atoms or int lists; keyword
     arguments that are atoms; and a signature already in the cache. The key is the one
     ``_capture_general`` builds for the same call."""
@@ -504,6 +510,12 @@ def _dispatch(func, args, kwargs, share_storage=True):
                             s.version += 1
                             t._version = s.version
                             return t
+                elif oc.fresh_tuple:  # native_layer_norm, native_batch_norm: as _capture_general builds them
+                    oc.captured += 1
+                    specs = inf.outs
+                    node = Node(func, tuple(nargs), nkw, specs)
+                    return tuple(None if s is None else new_lazy(s, Node(getitem, (node, i), _EMPTY, s))
+                                 for i, s in enumerate(specs))
                 else:
                     spec = inf.outs[0]
                     if spec.__class__ is TensorSpec:

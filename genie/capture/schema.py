@@ -88,7 +88,7 @@ class OpClass:
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
         # taken by dispatch.torch_dispatch's hot path (special ops have handlers of their own)
-        self.hot = self.plain or self.single_view or (self.simple_inplace and not self.grad_mode)
+        self.hot = self.plain or self.single_view or self.fresh_tuple or (self.simple_inplace and not self.grad_mode)
         # whether the signature holds the value of a Python float argument, or only its class
         # (dispatch.float_key). A pointwise op's outputs broadcast its tensors, and a scalar promotes
         # by its kind, never by its value: AdamW's ``denom / bias_correction2_sqrt`` and
