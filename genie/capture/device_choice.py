@@ -89,8 +89,8 @@ def _signature(func, flat, shape, names, index):
     key = [func, torch.is_grad_enabled(), tuple(shape), names, index]
     for a in flat:
         if isinstance(a, LazyTensor):
-            key.append(("lazy", tuple(a.shape), a.stride(), a.storage_offset(), a.dtype, a.requires_grad,
-                        a.is_conj(), a.is_neg()))
+            # the spec (interned: shape, strides, offset, dtype, conj and neg bits, device) hashes fast
+            key.append(("lazy", a._spec, a.requires_grad))
         elif isinstance(a, torch.Tensor):
             key.append(("host", a.device, a.dtype, tuple(a.shape), tuple(a.reshape(-1).tolist())))
         else:
@@ -188,7 +188,8 @@ def _length_free_signature(key) -> tuple:
     out = [("length-free",)]
     for part in key:
         if isinstance(part, tuple) and part and part[0] == "lazy":
-            _, size, stride, offset, dtype, requires_grad, conj, neg = part
+            _, spec, requires_grad = part
+            size, stride, offset, dtype, conj, neg = spec.shape, spec.stride, spec.offset, spec.dtype, spec.conj, spec.neg
             order = tuple(sorted(range(len(size)), key=lambda d: (stride[d], d)))
             # the last two dims are (length, head dim) for q/k/v and (q length, kv length) for a mask
             pattern = tuple((n == 1, n == 0) if d >= len(size) - 2 else n for d, n in enumerate(size))
