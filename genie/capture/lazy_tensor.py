@@ -8,9 +8,10 @@ capture; the value exists only once something needs it. Reading a value (``.cpu(
 from __future__ import annotations
 
 import torch
+from torch.optim import optimizer as _optimizer
+from torch.utils import _foreach_utils
 
 from . import device_choice, dispatch, fastpath, module_conversion, special_ops
-
 
 _multithreading = torch._C._is_multithreading_enabled
 _set_multithreading = torch._C._set_multithreading_enabled
@@ -94,9 +95,6 @@ dispatch.LazyTensor = device_choice.LazyTensor = LazyTensor
 # CUDA: torch offers it to PrivateUse1 devices, for tensors of the types listed here (DTensor lists
 # itself the same way). An AdamW step is then eight captured ops instead of about twelve per
 # parameter, with the same values (tests/test_real_programs.py checks them against eager).
-from torch.optim import optimizer as _optimizer  # noqa: E402
-from torch.utils import _foreach_utils  # noqa: E402
-
 for _types in (_optimizer._foreach_supported_types, _foreach_utils._foreach_supported_types):
     if LazyTensor not in _types:
         _types.append(LazyTensor)
