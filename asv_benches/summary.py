@@ -29,7 +29,7 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
     from .bench_memory import BytesPerLiveTensor
     rows.append(("bytes per live captured node with its LazyTensor (RSS)",
                  BytesPerLiveTensor().track_bytes_per_live_tensor_node(), "bytes", "<= 500"))
-    from .bench_replay import ZOO, chain_materialize, forward_ratio
+    from .bench_replay import ZOO, chain_materialize, decode_ratio, forward_ratio, train_ratio
     r = chain_materialize(5 if quick else 15)
     rows.append((f"materialize a chain of 8x8 adds, per node, replayed (eager {r[1] * 1e6:.2f} us)", r[0], "x eager",
                  "<= 1.2x"))
@@ -37,6 +37,13 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
         ratio, e, _ = forward_ratio(model, 5 if quick else 15)
         rows.append((f"zoo {model} no_grad forward, capture + materialize, replayed (eager {e * 1e3:.2f} ms)", ratio,
                      "x eager", "<= 1.5x"))
+    for model in ZOO:
+        ratio, e, _ = train_ratio(model, 3 if quick else 9)
+        rows.append((f"zoo {model} training step: forward, backward, AdamW, read the loss (eager {e * 1e3:.2f} ms)",
+                     ratio, "x eager", "<= 1.5x"))
+    ratio, e, _ = decode_ratio(2 if quick else 5)
+    rows.append((f"32-token greedy decode with a KV cache, each token read (eager {e * 1e3:.1f} ms)", ratio, "x eager",
+                 "<= 1.5x"))
     rows.append(("memory overhead, 1M-element tensor", MemoryOverhead().track_mem_overhead_percent("tensor_1M"),
                  "%", "< 1%"))
     if not quick:
