@@ -29,7 +29,13 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
     from .bench_memory import BytesPerLiveTensor
     rows.append(("bytes per live captured node with its LazyTensor (RSS)",
                  BytesPerLiveTensor().track_bytes_per_live_tensor_node(), "bytes", "<= 500"))
-    from .bench_replay import ZOO, chain_materialize, decode_ratio, forward_ratio, train_ratio
+    from .bench_replay import (
+        ZOO,
+        chain_materialize,
+        decode_ratio,
+        forward_ratio,
+        train_ratio,
+    )
     r = chain_materialize(5 if quick else 15)
     rows.append((f"materialize a chain of 8x8 adds, per node, replayed (eager {r[1] * 1e6:.2f} us)", r[0], "x eager",
                  "<= 1.2x"))
