@@ -411,10 +411,10 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     """``LazyTensor.__torch_dispatch__``: the hot path inline, everything else in ``capture``.
 
     Hot path: an op with one fresh output (``OpClass.plain``), several (``fresh_tuple``: layer and
-    batch norm), one view of its first argument (``OpClass.single_view``) or an in-place write of its first argument (``simple_inplace``) on
-    tensors nothing aliases; arguments that are current LazyTensors, atoms or int lists; keyword
-    arguments that are atoms; and a signature already in the cache. The key is the one
-    ``_capture_general`` builds for the same call."""
+    batch norm), one view of its first argument (``OpClass.single_view``) or an in-place write of
+    its first argument (``simple_inplace``) on tensors nothing aliases; arguments that are current
+    LazyTensors, atoms or int lists; keyword arguments that are atoms; and a signature already in
+    the cache. The key is the one ``_capture_general`` builds for the same call."""
     if _autograd_node() is not None:
         # an op autograd runs in backward: captured in the context of the forward module it came
         # from, by the same paths as any other op, its views without a shared storage object

@@ -93,8 +93,8 @@ def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False, in
 dispatch.LazyTensor = device_choice.LazyTensor = LazyTensor
 # Optimizers and clip_grad_norm_ take their multi-tensor (foreach) path on the device, as they do on
 # CUDA: torch offers it to PrivateUse1 devices, for tensors of the types listed here (DTensor lists
-# itself the same way). An AdamW step is then eight captured ops instead of about twelve per
-# parameter, with the same values (tests/test_real_programs.py checks them against eager).
+# itself the same way). An AdamW step is then eight captured ops in all instead of eight per
+# parameter, with eager's values (tests/test_replay.py checks them against eager's single-tensor step).
 for _types in (_optimizer._foreach_supported_types, _foreach_utils._foreach_supported_types):
     if LazyTensor not in _types:
         _types.append(LazyTensor)

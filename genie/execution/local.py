@@ -122,8 +122,8 @@ class LocalExecutor(Executor):
 
         ``steal`` (compiled programs, in-place ops writing their first argument): 1 when that
         argument is a value of the plan this node is the last to use, 2 when it is a materialized
-        input (a tuple of those for a foreach op's written list); the write then goes to that value's own buffer instead of a copy where nothing else
-        can see the buffer (see ``_stealable``)."""
+        input (a tuple of those for a foreach op's written list); the write then goes to that
+        value's own buffer instead of a copy where nothing else can see the buffer (see ``_stealable``)."""
         op = node.target
         if op is _seed_state:
             gen = torch.Generator(device=self.device)
@@ -214,7 +214,6 @@ class LocalExecutor(Executor):
                     else:
                         v = self._writable(v, s, oc)
                     new.append(v)
-                del v, s
                 written.extend(new)
             else:
                 if steal and where == 0 and _stealable(steal, src, value):
