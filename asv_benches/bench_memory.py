@@ -86,6 +86,41 @@ class BytesPerLiveTensor:
     track_bytes_per_live_tensor_node.unit = "bytes"
 
 
+class _BareWrapper(torch.Tensor):
+    """A wrapper subclass that holds nothing: what any Python-defined device's tensor costs."""
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(func)
+
+
+class BytesPerBareWrapper:
+    timeout = 300
+
+    def track_bytes_per_bare_wrapper(self):
+        """The floor beside ``BytesPerLiveTensor``: resident memory per live 8x8 wrapper subclass
+        with no node and no slots (torch's TensorImpl, its storage object and the Python object),
+        made and held as that benchmark holds its LazyTensors."""
+        from genie.capture import dispatch
+        make = torch.Tensor._make_wrapper_subclass
+
+        def bare():
+            return make(_BareWrapper, (8, 8), (8, 1), 0, None, torch.float32, torch.strided, dispatch.DEVICE,
+                        False, False, None, False, False, None, 256)
+
+        keep = [bare() for _ in range(100)]
+        del keep
+        gc.collect()
+        before = rss_bytes()
+        keep = [bare() for _ in range(100_000)]
+        after = rss_bytes()
+        assert len(keep) == 100_000
+        return (after - before) / 100_000
+
+    track_bytes_per_bare_wrapper.unit = "bytes"
+
+
 def random_loop(iterations: int = 200_000):
     """(resident bytes added per iteration, live graph nodes after) for a loop that makes random
     tensors on the device and drops them unread."""

@@ -26,9 +26,11 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
         target = "<= 1.0x" if name in ("add", "relu_mm") else "<= 2.0x"
         rows.append((f"capture {name} (eager {eager:.2f} us, lazy {lazy:.2f} us)", ratio, "x eager", target))
     rows.append(("bytes per captured node (100k chain, RSS)", BytesPerNode().track_bytes_per_node(), "bytes", "<= 500"))
-    from .bench_memory import BytesPerLiveTensor
+    from .bench_memory import BytesPerBareWrapper, BytesPerLiveTensor
     rows.append(("bytes per live captured node with its LazyTensor (RSS)",
                  BytesPerLiveTensor().track_bytes_per_live_tensor_node(), "bytes", "<= 500"))
+    rows.append(("floor: bytes per live bare wrapper subclass, no node (RSS)",
+                 BytesPerBareWrapper().track_bytes_per_bare_wrapper(), "bytes", "-"))
     from .bench_replay import (
         ZOO,
         chain_materialize,

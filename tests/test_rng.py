@@ -99,3 +99,22 @@ def test_a_random_value_kept_alive_reads_the_same_after_later_links_ran(monkeypa
         torch.randn(2, device=DEVICE)
     torch.manual_seed(5)
     torch.testing.assert_close(host(first), torch.randn(3), rtol=0, atol=0)
+
+
+def test_attention_without_dropout_stays_out_of_the_chain_and_keeps_eagers_sequence():
+    # the CPU flash-attention kernel carries the random tag but refuses dropout, so it never draws:
+    # it is captured as a plain op (no RNG link) and the draws around it keep eager's sequence
+    def program(d):
+        q = torch.randn(1, 2, 5, 8, device=d)
+        att = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return att, torch.nn.functional.dropout(att, 0.5) + torch.rand(1, 2, 5, 8, device=d)
+
+    torch.manual_seed(5)
+    expected = program("cpu")
+    torch.manual_seed(5)
+    got = program(DEVICE)
+    attention = [n for n in genie.get_graph().nodes
+                 if n.op == "aten::_scaled_dot_product_flash_attention_for_cpu" and n.value is None]
+    assert attention and all(n.rng is None for n in attention)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(host(g), e, rtol=0, atol=0)

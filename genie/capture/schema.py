@@ -62,7 +62,7 @@ class OpClass:
         if schema.name in _UNANNOTATED_VIEWS:
             self.returns = [("view", 0)]
         self.has_view = any(r[0] == "view" for r in self.returns)
-        self.random = Tag.nondeterministic_seeded in tags
+        self.random = Tag.nondeterministic_seeded in tags and schema.name not in NEVER_DRAWS
         self.dynamic = Tag.dynamic_output_shape in tags or Tag.data_dependent_output in tags or self.scalar_out
         self.inplace_view = Tag.inplace_view in tags
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
@@ -95,6 +95,13 @@ class OpClass:
         # ``addcdiv_(value=-step_size)`` change their float every step, and keyed by value each step
         # missed the cache (metadata inference, ~0.4 ms a call, and a cache that grows without bound).
         self.floats = not _pointwise(func) or schema.name in FLOAT_CHECKING_POINTWISE
+
+
+# Tagged nondeterministic_seeded, yet their kernels never draw: the CPU flash-attention kernel
+# refuses any dropout (eager raises for dropout_p > 0), so every call it runs leaves the generator
+# as it was. Classed random, each attention call was linked into the RNG chain and run through the
+# executor's generator swap; classed plain, it is one kernel call in a compiled program, as eager's.
+NEVER_DRAWS = frozenset({"aten::_scaled_dot_product_flash_attention_for_cpu"})
 
 
 def _pointwise(func) -> bool:
