@@ -68,31 +68,28 @@ class BytesPerNode:
     track_bytes_per_node.unit = "bytes"
 
 
+def _rss_per_live(make, count: int = 100_000) -> float:
+    """Resident bytes per object for ``count`` objects from ``make`` held alive in a list (a
+    first small batch, made and dropped, takes one-time costs out)."""
+    keep = [make() for _ in range(100)]
+    del keep
+    gc.collect()
+    before = rss_bytes()
+    keep = [make() for _ in range(count)]
+    after = rss_bytes()
+    assert len(keep) == count
+    return (after - before) / count
+
+
 class BytesPerLiveTensor:
     timeout = 300
 
     def track_bytes_per_live_tensor_node(self):
         """Resident memory per captured node whose LazyTensor is still alive (100,000 held in a list)."""
         y = torch.zeros(8, 8, device=REMOTE)
-        keep = [y + 1 for _ in range(100)]
-        del keep
-        gc.collect()
-        before = rss_bytes()
-        keep = [y + 1 for _ in range(100_000)]
-        after = rss_bytes()
-        assert len(keep) == 100_000
-        return (after - before) / 100_000
+        return _rss_per_live(lambda: y + 1)
 
     track_bytes_per_live_tensor_node.unit = "bytes"
-
-
-class _BareWrapper(torch.Tensor):
-    """A wrapper subclass that holds nothing: what any Python-defined device's tensor costs."""
-    __torch_function__ = torch._C._disabled_torch_function_impl
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        raise NotImplementedError(func)
 
 
 class BytesPerBareWrapper:
@@ -101,22 +98,10 @@ class BytesPerBareWrapper:
     def track_bytes_per_bare_wrapper(self):
         """The floor beside ``BytesPerLiveTensor``: resident memory per live 8x8 wrapper subclass
         with no node and no slots (torch's TensorImpl, its storage object and the Python object),
-        made and held as that benchmark holds its LazyTensors."""
-        from genie.capture import dispatch
-        make = torch.Tensor._make_wrapper_subclass
-
-        def bare():
-            return make(_BareWrapper, (8, 8), (8, 1), 0, None, torch.float32, torch.strided, dispatch.DEVICE,
-                        False, False, None, False, False, None, 256)
-
-        keep = [bare() for _ in range(100)]
-        del keep
-        gc.collect()
-        before = rss_bytes()
-        keep = [bare() for _ in range(100_000)]
-        after = rss_bytes()
-        assert len(keep) == 100_000
-        return (after - before) / 100_000
+        held as that benchmark holds its LazyTensors. The wrapper is profile_capture's dispatcher
+        floor."""
+        from .profile_capture import Bare, _wrapper
+        return _rss_per_live(lambda: _wrapper(Bare, (8, 8), (8, 1), 256))
 
     track_bytes_per_bare_wrapper.unit = "bytes"
 
