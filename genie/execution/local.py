@@ -132,7 +132,7 @@ class LocalExecutor(Executor):
             return True
         oc = classify(op)
         if oc.writes:
-            args, kwargs, written = self._prepare_writes(node, oc, args, kwargs, steal)
+            args, kwargs, written, laid_out = self._prepare_writes(node, oc, args, kwargs, steal)
         try:
             if oc.random:
                 out = self._run_random(node, op, args, kwargs)
@@ -147,11 +147,17 @@ class LocalExecutor(Executor):
             err = op_error(op, e, f"genie: executing {op_name(op)} (node %{node.id}) failed")
             err._genie_formatted = True
             raise err from e
+        spec = node.spec
         if oc.writes:
             flat = written + _flatten_returns(out, oc, keep_alias=False)
-        else:
-            flat = _flatten_returns(out, oc, keep_alias=True)
-        spec = node.spec
+            # a written value already laid out as its output spec needs no check (an optimizer's
+            # foreach ops write dozens of tensors per call)
+            n = len(laid_out)
+            if spec.__class__ is TensorSpec:
+                return flat[0] if n and laid_out[0] is spec else self._conform(node, flat[0], spec)
+            return tuple(v if k < n and laid_out[k] is s else self._conform(node, v, s)
+                         for k, (v, s) in enumerate(zip(flat, spec)))
+        flat = _flatten_returns(out, oc, keep_alias=True)
         if spec.__class__ is TensorSpec:
             return self._conform(node, flat[0], spec)
         return tuple(self._conform(node, v, s) for v, s in zip(flat, spec))
@@ -195,8 +201,16 @@ class LocalExecutor(Executor):
         return out
 
     def _prepare_writes(self, node, oc, args, kwargs, steal=0):
+        """The arguments with each written tensor replaced by the buffer the write goes to (a copy,
+        or the value itself where ``steal`` allows), those buffers in flattened order, and per
+        buffer the spec it is known to keep through the kernel (else None). That spec is its
+        source's: ``clone_exact`` copies into the source spec's layout, and a value left stealable
+        has it by the executor's invariant. An in-place op writing its own first argument keeps
+        that layout, unless it is an in-place view op (``squeeze_``, ``resize_``), and an out=
+        argument may be resized, so only the former are known."""
         args = list(args)
         written = []
+        laid_out = []
         for where, is_list in oc.mutated:
             value = get_arg(args, kwargs, where, node.target)
             if value is None:
@@ -215,6 +229,8 @@ class LocalExecutor(Executor):
                         v = self._writable(v, s, oc)
                     new.append(v)
                 written.extend(new)
+                keeps = where == 0 and not oc.inplace_view
+                laid_out.extend(_source_spec(s) if keeps else None for s in src)
             else:
                 if steal and where == 0 and _stealable(steal, src, value):
                     new = value
@@ -222,6 +238,7 @@ class LocalExecutor(Executor):
                 else:
                     new = self._writable(value, src, oc)
                 written.append(new)
+                laid_out.append(_source_spec(src) if where == 0 and not oc.inplace_view else None)
             if isinstance(where, str):
                 kwargs[where] = new
             else:
@@ -234,7 +251,7 @@ class LocalExecutor(Executor):
                 kwargs[where] = alias
             else:
                 args[where] = alias
-        return args, kwargs, written
+        return args, kwargs, written, laid_out
 
     def _writable(self, value, src, oc):
         if oc.inplace_view:
@@ -294,6 +311,15 @@ def _stealable(steal: int, src, value) -> bool:
     storage = value.untyped_storage()
     # the use count sees this storage object and the value's own TensorImpl: anything more is an alias
     return _use_count(storage._cdata) <= 2 and storage.nbytes() >= spec.storage_nbytes
+
+
+def _source_spec(src):
+    """The tensor spec of a written argument's source node (None when it is not one)."""
+    if src.__class__ is Node:
+        spec = src.spec
+        if spec.__class__ is TensorSpec:
+            return spec
+    return None
 
 
 def _spec_of_input(src, value):

@@ -16,6 +16,7 @@ that borrows references) the cost is a recomputation, never a wrong or missing v
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import threading
@@ -185,8 +186,7 @@ class Plan:
         self.inputs = None
 
 
-def _node_id(n: Node) -> int:
-    return n.id
+_node_id = operator.attrgetter("id")
 
 
 def _collect(target: Node) -> list:
@@ -194,28 +194,40 @@ def _collect(target: Node) -> list:
     index: dict[int, Node] = {id(target): target}
     stack = [target]
     push = stack.append
+    pop = stack.pop
     while stack:
-        node = stack.pop()
+        node = pop()
         rng = node.rng
-        if rng.__class__ is Node and rng.value is None and id(rng) not in index:
+        if rng is not None and rng.__class__ is Node and rng.value is None and id(rng) not in index:
             index[id(rng)] = rng
             push(rng)
-        seqs = [node.args]
-        if node.kwargs:
-            seqs.append(tuple(node.kwargs.values()))
-        while seqs:
-            for a in seqs.pop():
-                c = a.__class__
-                if c is Node:
-                    if a.value is None and id(a) not in index:
-                        index[id(a)] = a
+        for a in node.args:  # the common argument, a node, inline (_collect_nested does the same)
+            c = a.__class__
+            if c is Node:
+                if a.value is None:
+                    k = id(a)
+                    if k not in index:
+                        index[k] = a
                         push(a)
-                elif c is tuple or c is list:
-                    seqs.append(a)
+            elif c is tuple or c is list:
+                _collect_nested(a, index, push)
+        if node.kwargs:
+            _collect_nested(node.kwargs.values(), index, push)
     nodes = list(index.values())
     del index
     nodes.sort(key=_node_id)
     return nodes
+
+
+def _collect_nested(seq, index, push) -> None:
+    for a in seq:
+        c = a.__class__
+        if c is Node:
+            if a.value is None and id(a) not in index:
+                index[id(a)] = a
+                push(a)
+        elif c is tuple or c is list:
+            _collect_nested(a, index, push)
 
 
 def _count(nodes):
