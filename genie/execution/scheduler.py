@@ -285,7 +285,21 @@ def _encode(plan, nodes):
         if c is tuple or c is list:
             for x in a:
                 if x.__class__ is not int:  # a list holding nodes or other atoms: item by item
-                    return (LIST, *[item(x, i) for x in a])
+                    out = [LIST]
+                    for x in a:  # (a foreach op's lists hold a node per parameter: inline)
+                        if x.__class__ is Node:
+                            j = pos.get(id(x))
+                            if j is None:
+                                i_add(x.value)
+                                s_add(x.spec)
+                                out.append(EXT)
+                            else:
+                                occ[j] += 1
+                                last[j] = i
+                                out.append(j)
+                        else:
+                            out.append(item(x, i))
+                    return tuple(out)
             i_add(a)
             return INTS
         i_add(a)
