@@ -252,3 +252,29 @@ def test_repeated_writes_to_a_viewed_tensor_keep_its_views_current():
         lx[0].add_(lx[1])
         assert torch.equal(host(lvt), vt) and torch.equal(host(lx), x)
         assert lx._version == x._version
+
+
+@pytest.mark.parametrize("views", ["rows", "overlapping", "one_row_twice", "one_tensor_twice"])
+def test_foreach_writes_into_one_storage_all_land(views):
+    """A foreach op over several views of one buffer (rows of a tensor, parameters packed in one
+    flat buffer), or over one tensor listed twice, writes every element as eager's loop does, and
+    its reads of those views see the elements written before them."""
+    make = {
+        "rows": lambda b: [b[0], b[1], b[3]],
+        "overlapping": lambda b: [b[0:2], b[1:3], b[::2]],
+        "one_row_twice": lambda b: [b[1], b[1]],
+        "one_tensor_twice": lambda b: [b, b],
+    }[views]
+
+    def step(b):
+        xs = make(b)
+        torch._foreach_mul_(xs, 2.0)
+        torch._foreach_addcmul_(xs, xs, list(reversed(xs)), 0.5)
+        torch._foreach_add_(xs, 1.0)
+        return xs
+
+    for i in range(3):  # the third run replays the compiled program
+        b, lb = both(lambda: torch.arange(12.0).reshape(4, 3) / (7 + i))
+        for lazy, eager in zip(step(lb), step(b)):
+            assert_same(lazy, eager)
+        assert_same(lb, b)

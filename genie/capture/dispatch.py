@@ -23,6 +23,7 @@ from torch.utils._mode_utils import no_dispatch
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, intern_spec, on_index, op_name, spec_of
 from ..graph.node import keep_structure
 from ..graph.node import scope as node_scope
+from . import written_memory
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain_for
@@ -712,9 +713,8 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     single = len(flat_specs) == 1 and not (ret_specs and isinstance(ret_specs[0], tuple))
     node = Node(func, nargs, nkw, flat_specs[0] if single else tuple(flat_specs))
     if targets and not oc.inplace_view:
-        reads = _reads_of_written(func, args, kwargs, targets)
-        if reads:
-            node.note_runtime("reads_written", reads)
+        for k, v in written_memory.notes(oc, args, kwargs, targets).items():
+            node.note_runtime(k, v)
     if oc.grad_mode:
         node.note_runtime("grad_enabled", torch.is_grad_enabled())
     if default_dtype is not None:
@@ -754,30 +754,6 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if len(oc.returns) == 0:
         return None
     return results[0] if len(results) == 1 else tuple(results)
-
-
-def _reads_of_written(func, args, kwargs, targets) -> tuple:
-    """Inputs that share memory with a tensor the op writes: ``(where, target index, spec)``.
-
-    Eager kernels read such an input from the very memory they are writing, so a row written
-    early is seen by the reads that come later (``x.add_(x[:1].expand_as(x))``). Execution runs
-    the write on a copy of the whole storage and points these inputs at that copy (see
-    execution.local), so the same reads see the same writes."""
-    by_storage = {}
-    for i, (t, _) in enumerate(targets):
-        if t._storage is not None:
-            by_storage.setdefault(id(t._storage), i)
-    if not by_storage:
-        return ()
-    written = {id(t) for t, _ in targets}
-    reads = []
-    positions = list(enumerate(args)) + list(kwargs.items())
-    for where, a in positions:
-        if a.__class__ is LazyTensor and id(a) not in written and a._storage is not None:
-            i = by_storage.get(id(a._storage))
-            if i is not None and not (a._spec.conj or a._spec.neg):
-                reads.append((where, i, a._spec))
-    return tuple(reads)
 
 
 def _wrap_out(spec, node, storage, src=None):

@@ -211,6 +211,10 @@ class LocalExecutor(Executor):
         args = list(args)
         written = []
         laid_out = []
+        ann = node.runtime or _NO_ANNOTATIONS
+        # written tensors sharing memory with an earlier one of this call write into its buffer
+        # (capture.written_memory): flattened index -> the earlier one's index
+        shared = dict(ann.get("shared_writes", ()))
         for where, is_list in oc.mutated:
             value = get_arg(args, kwargs, where, node.target)
             if value is None:
@@ -221,9 +225,13 @@ class LocalExecutor(Executor):
                 # would hold one more reference to each node than _stealable's count allows
                 modes = steal if steal.__class__ is tuple and where == 0 else ()
                 new = []
+                base = len(written)
                 for k in range(len(value)):
                     v, s = value[k], src[k]
-                    if k < len(modes) and modes[k] and _stealable(modes[k], s, v):
+                    g = shared.get(base + k) if shared else None
+                    if g is not None:
+                        v = _alias(written[g] if g < base else new[g - base], _spec_of_input(s, v))
+                    elif k < len(modes) and modes[k] and _stealable(modes[k], s, v):
                         self.steals += 1
                     else:
                         v = self._writable(v, s, oc)
@@ -232,7 +240,10 @@ class LocalExecutor(Executor):
                 keeps = where == 0 and not oc.inplace_view
                 laid_out.extend(_source_spec(s) if keeps else None for s in src)
             else:
-                if steal and where == 0 and _stealable(steal, src, value):
+                g = shared.get(len(written)) if shared else None
+                if g is not None:
+                    new = _alias(written[g], _spec_of_input(src, value))
+                elif steal and where == 0 and _stealable(steal, src, value):
                     new = value
                     self.steals += 1
                 else:
@@ -243,14 +254,20 @@ class LocalExecutor(Executor):
                 kwargs[where] = new
             else:
                 args[where] = new
-        for where, i, spec in (node.runtime or _NO_ANNOTATIONS).get("reads_written", ()):
+        for where, i, spec in ann.get("reads_written", ()):
             # an input sharing memory with a written tensor reads the memory being written, as in eager
-            alias = torch.empty(0, dtype=spec.dtype, device=written[i].device)
-            alias.set_(written[i].untyped_storage(), spec.offset, spec.shape, spec.stride)
             if isinstance(where, str):
-                kwargs[where] = alias
+                kwargs[where] = _alias(written[i], spec)
             else:
-                args[where] = alias
+                args[where] = _alias(written[i], spec)
+        for where, k, i, spec in ann.get("reads_written_items", ()):
+            # the same for one tensor of a list argument (a foreach op reading what it writes)
+            seq = list(kwargs[where] if isinstance(where, str) else args[where])
+            seq[k] = _alias(written[i], spec)
+            if isinstance(where, str):
+                kwargs[where] = seq
+            else:
+                args[where] = seq
         return args, kwargs, written, laid_out
 
     def _writable(self, value, src, oc):
@@ -311,6 +328,13 @@ def _stealable(steal: int, src, value) -> bool:
     storage = value.untyped_storage()
     # the use count sees this storage object and the value's own TensorImpl: anything more is an alias
     return _use_count(storage._cdata) <= 2 and storage.nbytes() >= spec.storage_nbytes
+
+
+def _alias(buffer: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A tensor laid out as ``spec`` over ``buffer``'s storage (the memory a call writes)."""
+    out = torch.empty(0, dtype=spec.dtype, device=buffer.device)
+    out.set_(buffer.untyped_storage(), spec.offset, spec.shape, spec.stride)
+    return out
 
 
 def _source_spec(src):

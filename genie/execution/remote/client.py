@@ -350,7 +350,7 @@ def _locate(nodes, path) -> Node:
     return a
 
 
-_ANN_KEYS = ("grad_enabled", "default_dtype", "reads_written")
+_ANN_KEYS = ("grad_enabled", "default_dtype", "reads_written", "shared_writes", "reads_written_items")
 
 
 class RemoteExecutor(Executor):
@@ -523,6 +523,10 @@ class RemoteExecutor(Executor):
             a = {k: v for k, v in nodes[i].runtime.items() if k in _ANN_KEYS}
             if "reads_written" in a:
                 a["reads_written"] = [[where, j, sidx(s)] for where, j, s in a["reads_written"]]
+            if "shared_writes" in a:
+                a["shared_writes"] = [[k, j] for k, j in a["shared_writes"]]
+            if "reads_written_items" in a:
+                a["reads_written_items"] = [[where, k, j, sidx(s)] for where, k, j, s in a["reads_written_items"]]
             ann.append([i, a])
         keep = [[i, conn.new_id()] for i in tpl.keep]
         rkeep = [[i, conn.new_id()] for i in tpl.rng_live]

@@ -34,7 +34,7 @@ _OP_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)\.([A
 _GENIE_OPS = {"genie::getitem": getitem, "genie::manual_seed": _seed_state}
 _LAYOUT_NAMES = {str(x).removeprefix("torch."): x for x in (torch.strided, torch.sparse_coo, torch.sparse_csr,
                                                            torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)}
-_ANNOTATIONS = ("grad_enabled", "default_dtype", "reads_written")
+_ANNOTATIONS = ("grad_enabled", "default_dtype", "reads_written", "shared_writes", "reads_written_items")
 # how long a run waits for the device while other clients' runs hold it
 RUN_LOCK_TIMEOUT_S = float(os.environ.get("GENIE_SERVER_RUN_TIMEOUT_S", "600"))
 
@@ -386,9 +386,31 @@ def _annotations(ann, spec_at) -> dict:
     if not isinstance(ann, dict) or not set(ann) <= set(_ANNOTATIONS):
         raise ProtocolError(f"run: annotations {ann!r} malformed")
     out = dict(ann)
-    if "reads_written" in out:
-        out["reads_written"] = [(where, int(i), spec_at(s)) for where, i, s in out["reads_written"]]
+    try:
+        if "reads_written" in out:
+            out["reads_written"] = [(_where(where), _index(i), spec_at(s)) for where, i, s in out["reads_written"]]
+        if "shared_writes" in out:
+            # each written tensor shares the buffer of an earlier one (execution.local._prepare_writes)
+            out["shared_writes"] = [(_index(k), _index(j, below=_index(k))) for k, j in out["shared_writes"]]
+        if "reads_written_items" in out:
+            out["reads_written_items"] = [(_where(where), _index(k), _index(i), spec_at(s))
+                                          for where, k, i, s in out["reads_written_items"]]
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"run: annotations {ann!r} malformed ({e})") from None
     return out
+
+
+def _index(v, below: int | None = None) -> int:
+    if v.__class__ is not int or v < 0 or (below is not None and v >= below):
+        raise ValueError(f"{v!r} is not an index" + ("" if below is None else f" below {below}"))
+    return v
+
+
+def _where(v):
+    """An argument position (an index) or a keyword argument's name."""
+    if v.__class__ is str:
+        return v
+    return _index(v)
 
 
 def _plan(nodes, kept_set) -> Plan:
