@@ -104,6 +104,27 @@ def test_tied_model_trains_like_eager():
             _same(q, p)
 
 
+@pytest.mark.parametrize("foreach", [True, False])
+def test_parameters_packed_in_one_flat_buffer_train_like_eager(foreach):
+    """Parameters that are views of one flat buffer (as flat-parameter and contiguous-gradient
+    schemes make them): the optimizer writes each through its view, and every write lands in the
+    buffer, with the foreach kernels (one call over all of them) and without."""
+    def train(device):
+        flat = (torch.arange(20.0) / 10).to(device)
+        params = [nn.Parameter(flat[0:8].view(2, 4)), nn.Parameter(flat[8:20].view(3, 4))]
+        opt = torch.optim.AdamW(params, lr=0.1, foreach=foreach)
+        for _ in range(3):
+            opt.zero_grad()
+            (params[0].sum() * 2 + (params[1] ** 2).sum()).backward()
+            opt.step()
+        return params, flat
+
+    (p_e, flat_e), (p_l, flat_l) = train("cpu"), train(DEVICE)
+    for q, p in zip(p_l, p_e):
+        _same(q.detach(), p.detach())
+    _same(flat_l, flat_e)
+
+
 # -- 2. kernels chosen by device type --------------------------------------------------------------
 
 
