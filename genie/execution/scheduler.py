@@ -319,7 +319,8 @@ def _encode(plan, nodes):
         k_add(t if oc is None else oc)
         s_add(n.spec)
         for a in n.args:
-            if a.__class__ is Node:  # the common argument, inline (``item`` does the same)
+            c = a.__class__
+            if c is Node:  # the common arguments, nodes and numbers, inline (``item`` does the same)
                 j = pos.get(id(a))
                 if j is None:
                     k_add(EXT)
@@ -329,6 +330,9 @@ def _encode(plan, nodes):
                     k_add(j)
                     occ[j] += 1
                     last[j] = i
+            elif c is int or c is float:
+                i_add(a)
+                k_add(c)
             else:
                 k_add(item(a, i))
         if n.kwargs:
