@@ -15,7 +15,7 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
     """(name, value, unit, target) rows; ratios are to eager measured in the same run."""
     from .bench_capture import PROGRAMS
     from .bench_materialize import _forward_times
-    from .bench_memory import BytesPerNode, MemoryOverhead
+    from .bench_memory import MemoryOverhead, in_fresh_process
     from .common import REMOTE, interleaved_ratio
 
     rows = []
@@ -25,12 +25,12 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
                                                repeat=3 if quick else 9)
         target = "<= 1.0x" if name in ("add", "relu_mm") else "<= 2.0x"
         rows.append((f"capture {name} (eager {eager:.2f} us, lazy {lazy:.2f} us)", ratio, "x eager", target))
-    rows.append(("bytes per captured node (100k chain, RSS)", BytesPerNode().track_bytes_per_node(), "bytes", "<= 500"))
-    from .bench_memory import BytesPerBareWrapper, BytesPerLiveTensor
+    rows.append(("bytes per captured node (100k chain, RSS)", in_fresh_process("BytesPerNode.track_bytes_per_node"),
+                 "bytes", "<= 500"))
     rows.append(("bytes per live captured node with its LazyTensor (RSS)",
-                 BytesPerLiveTensor().track_bytes_per_live_tensor_node(), "bytes", "<= 500"))
+                 in_fresh_process("BytesPerLiveTensor.track_bytes_per_live_tensor_node"), "bytes", "<= 500"))
     rows.append(("floor: bytes per live bare wrapper subclass, no node (RSS)",
-                 BytesPerBareWrapper().track_bytes_per_bare_wrapper(), "bytes", "-"))
+                 in_fresh_process("BytesPerBareWrapper.track_bytes_per_bare_wrapper"), "bytes", "-"))
     from .bench_replay import (
         ZOO,
         chain_materialize,
