@@ -111,9 +111,13 @@ class BytesPerBareWrapper:
 
 def random_loop(iterations: int = 200_000):
     """(resident bytes added per iteration, live graph nodes after) for a loop that makes random
-    tensors on the device and drops them unread."""
+    tensors on the device and drops them unread. The chain runs its pending links every
+    ``rng.FLUSH_LINKS`` links, as one plan whose program is compiled at its second sighting
+    (about 20 MB of compiler peak for 1,024 nodes, which the allocator keeps): the warm-up
+    covers that one-off, so the figure is the loop's steady state."""
     from genie import get_graph
-    for _ in range(2_000):
+    from genie.capture.rng import FLUSH_LINKS
+    for _ in range(4 * FLUSH_LINKS):
         torch.randn(8, 8, device=REMOTE)
     gc.collect()
     before = rss_bytes()
