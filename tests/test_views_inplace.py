@@ -254,6 +254,27 @@ def test_repeated_writes_to_a_viewed_tensor_keep_its_views_current():
         assert lx._version == x._version
 
 
+# foreach writes whose lists hold views of one buffer: each reads views the call writes (eager's
+# loop over the list sees earlier elements' writes); before, every element but the last lost its write
+_FOREACH_ON_VIEWS = {
+    "copy_": lambda b: torch._foreach_copy_([b[0], b[1]], [b[1], b[2]]),
+    "add_ columns, one twice": lambda b: torch._foreach_add_([b[:, 0], b[:, 1], b[:, 0]], [b[:, 1], b[:, 2], b[:, 3]]),
+    "addcdiv_ ScalarList": lambda b: torch._foreach_addcdiv_([b[0], b[1]], [b[1], b[2]], [b[3] + 1, b[3] + 2],
+                                                             [0.5, 0.25]),
+    "lerp_ TensorList": lambda b: torch._foreach_lerp_([b[0], b[1]], [b[1], b[0]], 0.3),
+    "mul_ over split": lambda b: torch._foreach_mul_(list(b.split(2, 1)), 3.0),
+}
+
+
+@pytest.mark.parametrize("case", list(_FOREACH_ON_VIEWS))
+def test_foreach_over_views_reading_each_other(case):
+    b = torch.arange(24.0).reshape(4, 6) / 5
+    lb = b.to(DEVICE)
+    _FOREACH_ON_VIEWS[case](b)
+    _FOREACH_ON_VIEWS[case](lb)
+    assert_same(lb, b)
+
+
 @pytest.mark.parametrize("views", ["rows", "overlapping", "one_row_twice", "one_tensor_twice"])
 def test_foreach_writes_into_one_storage_all_land(views):
     """A foreach op over several views of one buffer (rows of a tensor, parameters packed in one
