@@ -263,6 +263,10 @@ _FOREACH_ON_VIEWS = {
                                                              [0.5, 0.25]),
     "lerp_ TensorList": lambda b: torch._foreach_lerp_([b[0], b[1]], [b[1], b[0]], 0.3),
     "mul_ over split": lambda b: torch._foreach_mul_(list(b.split(2, 1)), 3.0),
+    # distinct tensors, each read at the other's position: the later one reads the earlier one's write
+    "add_ swapped": lambda b: torch._foreach_add_([b[0], b[1]], [b[1], b[0]]),
+    "copy_ swapped": lambda b: torch._foreach_copy_([b[0], b[1]], [b[1], b[0]]),
+    "mul_ each by itself": lambda b: torch._foreach_mul_([b[0], b[1]], [b[0], b[1]]),
 }
 
 
@@ -273,6 +277,31 @@ def test_foreach_over_views_reading_each_other(case):
     _FOREACH_ON_VIEWS[case](b)
     _FOREACH_ON_VIEWS[case](lb)
     assert_same(lb, b)
+
+
+def test_foreach_over_distinct_tensors_reading_each_other():
+    """No memory shared between the written tensors: the second still reads the first one's write."""
+    a, la = both(lambda: torch.ones(2))
+    b, lb = both(lambda: torch.full((2,), 10.0))
+    torch._foreach_add_([a, b], [b, a])
+    torch._foreach_add_([la, lb], [lb, la])
+    assert_same(la, a)
+    assert_same(lb, b)
+
+
+def test_foreach_write_over_views_from_before_and_after_a_resize():
+    """A view made before ``resize_`` grew the storage and one made after, written in one call:
+    the copy both write into holds the grown storage."""
+    def prog(x):
+        v = x[:2]
+        x.resize_(8)
+        x[4:].zero_()
+        torch._foreach_add_([v, x[4:6]], 1.0)
+        return v
+
+    x, lx = both(lambda: torch.arange(6.0))
+    assert_same(prog(lx), prog(x))
+    assert_same(lx, x)
 
 
 @pytest.mark.parametrize("views", ["rows", "overlapping", "one_row_twice", "one_tensor_twice"])

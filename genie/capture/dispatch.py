@@ -699,21 +699,23 @@ def _flatten(specs):
 def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     """The general case: several outputs, views, writes, random ops."""
     targets = []  # (LazyTensor, spec) written by the op, in flattened output order
+    places = []  # where each sits: (argument, position in the list or None)
     for (where, is_list), new in zip(oc.mutated, inf.mutated):
         a = get_arg(args, kwargs, where, func)
         items = list(zip(a, new)) if is_list else [(a, new)]
-        for t, s in items:
+        for k, (t, s) in enumerate(items):
             if t is None:
                 continue
             if not isinstance(t, LazyTensor):
                 raise _device_error(func, t.device, _first_device(args, kwargs))
             targets.append((t, s))
+            places.append((where, k if is_list else None))
     ret_specs = [s for r, s in zip(oc.returns, inf.outs) if r[0] != "alias"]
     flat_specs = [s for _, s in targets] + _flatten(ret_specs)
     single = len(flat_specs) == 1 and not (ret_specs and isinstance(ret_specs[0], tuple))
     node = Node(func, nargs, nkw, flat_specs[0] if single else tuple(flat_specs))
     if targets and not oc.inplace_view:
-        for k, v in written_memory.notes(oc, args, kwargs, targets).items():
+        for k, v in written_memory.notes(oc, args, kwargs, targets, places).items():
             node.note_runtime(k, v)
     if oc.grad_mode:
         node.note_runtime("grad_enabled", torch.is_grad_enabled())

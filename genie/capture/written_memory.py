@@ -8,11 +8,16 @@ aliasing model (tensors that share memory share a ``LazyStorage``):
 - an input that reads memory the call writes reads it from that copy (``reads_written``), so a
   row written early is seen by the reads that come later (``x.add_(x[:1].expand_as(x))``);
 - written tensors that share memory with an earlier written tensor of the same call write into
-  the earlier one's copy (``shared_writes``), and tensors of the call's other lists that read
-  that memory read it there (``reads_written_items``). A foreach op over views of one buffer
-  (rows of a tensor, parameters packed into one flat buffer) or over one tensor listed twice
-  writes every element, as eager's loop over the list does; with a copy each, the last copy
-  became the storage's value and every other element's write was lost.
+  the earlier one's copy (``shared_writes``). A foreach op over views of one buffer (rows of a
+  tensor, parameters packed into one flat buffer) or over one tensor listed twice writes every
+  element, as eager's loop over the list does; with a copy each, the last copy became the
+  storage's value and every other element's write was lost;
+- elements of the call's other lists that read written memory read it in those copies
+  (``reads_written_items``), so an element sees the writes of the elements before it, as in
+  eager's loop (``_foreach_add_([a, b], [b, a])`` adds the new ``a`` to ``b``). An element read at
+  the very position it is written, in memory nothing else of the call writes, is left as it is
+  (``_foreach_mul_(xs, xs)``): its stored value holds what it reads, and the write may reuse its
+  buffer.
 
 Entries name written tensors by their index among the call's written tensors, in flattened
 order (``dispatch._build``'s targets); lazy conjugate/negative views are left out (their
@@ -33,9 +38,10 @@ def _plain(t) -> bool:
     return not (t._spec.conj or t._spec.neg)
 
 
-def notes(oc, args, kwargs, targets) -> dict:
+def notes(oc, args, kwargs, targets, places) -> dict:
     """The runtime notes (``Node.note_runtime``) for a call writing ``targets``, ``[(LazyTensor,
-    spec)]`` in flattened order: only those that apply."""
+    spec)]`` in flattened order, which sit at ``places`` (``(where, k)``: argument, and position
+    in it for a list, else None): only the notes that apply."""
     first: dict[int, int] = {}  # memory -> index of the first written tensor in it
     shared = []
     sizes: dict[int, int] = {}
@@ -45,7 +51,7 @@ def notes(oc, args, kwargs, targets) -> dict:
         sizes[m] = sizes.get(m, 0) + 1
         if j != i and _plain(t) and _plain(targets[j][0]):
             shared.append((i, j))
-    written = {id(t) for t, _ in targets}
+    written = {id(t): i for i, (t, _) in enumerate(targets)}
     written_at = {where for where, _ in oc.mutated}
     reads, items = [], []
     for where, a in list(enumerate(args)) + list(kwargs.items()):
@@ -56,16 +62,23 @@ def notes(oc, args, kwargs, targets) -> dict:
                 i = first.get(id(a._storage))
                 if i is not None and _plain(a):
                     reads.append((where, i, a._spec))
-        elif shared and (a.__class__ is list or a.__class__ is tuple):
+        elif a.__class__ is list or a.__class__ is tuple:
             for k, x in enumerate(a):
                 if x.__class__ is not LazyTensor or not _plain(x):
                     continue
                 m = _memory(x)
                 i = first.get(m)
-                # a written tensor read back where nothing else writes its memory reads only its
-                # own elements, each before it writes them: its stored value is the same memory
-                if i is not None and (id(x) not in written or sizes[m] > 1):
-                    items.append((where, k, i, x._spec))
+                if i is None:
+                    continue
+                # an element read at the position it is written, where nothing else writes its
+                # memory, reads only its own elements, each before it writes them: its stored value
+                # holds them (``_foreach_mul_(xs, xs)``). Any other read of written memory (an
+                # element written earlier in the list, or later: the copy holds the old values
+                # until then) reads the memory being written, as eager's loop over the list does.
+                own = written.get(id(x))
+                if own is not None and sizes[m] == 1 and places[own][1] == k:
+                    continue
+                items.append((where, k, i, x._spec))
     out = {}
     if reads:
         out["reads_written"] = tuple(reads)

@@ -17,7 +17,7 @@ from ..capture._tls import eager_kernels
 from ..capture.dispatch import op_error
 from ..capture.rng import SPENT, _seed_state
 from ..capture.schema import classify, get_arg
-from ..graph.node import Node, TensorSpec, getitem, op_name
+from ..graph.node import Node, TensorSpec, getitem, intern_spec, op_name
 from .base import Executor
 from .replay import ProgramCache, replay_enabled
 
@@ -215,6 +215,7 @@ class LocalExecutor(Executor):
         # written tensors sharing memory with an earlier one of this call write into its buffer
         # (capture.written_memory): flattened index -> the earlier one's index
         shared = dict(ann.get("shared_writes", ()))
+        sizes = _buffer_sizes(node, oc, ann, shared) if ann is not _NO_ANNOTATIONS else None
         for where, is_list in oc.mutated:
             value = get_arg(args, kwargs, where, node.target)
             if value is None:
@@ -234,7 +235,7 @@ class LocalExecutor(Executor):
                     elif k < len(modes) and modes[k] and _stealable(modes[k], s, v):
                         self.steals += 1
                     else:
-                        v = self._writable(v, s, oc)
+                        v = self._writable(v, s, oc, sizes.get(base + k) if sizes else None)
                     new.append(v)
                 written.extend(new)
                 keeps = where == 0 and not oc.inplace_view
@@ -247,7 +248,7 @@ class LocalExecutor(Executor):
                     new = value
                     self.steals += 1
                 else:
-                    new = self._writable(value, src, oc)
+                    new = self._writable(value, src, oc, sizes.get(len(written)) if sizes else None)
                 written.append(new)
                 laid_out.append(_source_spec(src) if where == 0 and not oc.inplace_view else None)
             if isinstance(where, str):
@@ -270,10 +271,16 @@ class LocalExecutor(Executor):
                 args[where] = seq
         return args, kwargs, written, laid_out
 
-    def _writable(self, value, src, oc):
+    def _writable(self, value, src, oc, nbytes=None):
+        """The copy a write goes to; ``nbytes``: the size its storage must have, when views larger
+        than the written one alias into it (``_buffer_sizes``)."""
         if oc.inplace_view:
             return value.as_strided(value.shape, value.stride(), value.storage_offset())
-        return clone_exact(value, _spec_of_input(src, value))
+        spec = _spec_of_input(src, value)
+        if nbytes is not None and nbytes > spec.storage_nbytes:
+            spec = intern_spec(spec.shape, spec.stride, spec.offset, spec.dtype, nbytes, spec.conj, spec.neg,
+                               spec.layout, spec.index)
+        return clone_exact(value, spec)
 
     def _conform(self, node, value, spec):
         if spec is None or value is None:
@@ -328,6 +335,31 @@ def _stealable(steal: int, src, value) -> bool:
     storage = value.untyped_storage()
     # the use count sees this storage object and the value's own TensorImpl: anything more is an alias
     return _use_count(storage._cdata) <= 2 and storage.nbytes() >= spec.storage_nbytes
+
+
+def _buffer_sizes(node, oc, ann, shared) -> dict | None:
+    """Per written tensor whose copy other views alias into (``shared_writes``, ``reads_written``,
+    ``reads_written_items``): the largest storage size among them. Views made before a ``resize_``
+    grew the storage have a smaller one than views made after, and the copy must hold them all."""
+    reads = ann.get("reads_written", ())
+    items = ann.get("reads_written_items", ())
+    if not (shared or reads or items):
+        return None
+    sources = []  # the written arguments' nodes, in the flattened order of ``written``
+    for where, is_list in oc.mutated:
+        src = get_arg(node.args, node.kwargs, where, node.target)
+        if src is not None:
+            sources.extend(src if is_list else (src,))
+    sizes: dict = {}
+    for i, g in shared.items():
+        spec = _source_spec(sources[i]) if i < len(sources) else None
+        if spec is not None and spec.storage_nbytes > sizes.get(g, 0):
+            sizes[g] = spec.storage_nbytes
+    for entry in tuple(reads) + tuple(items):
+        i, spec = entry[-2], entry[-1]
+        if spec.storage_nbytes > sizes.get(i, 0):
+            sizes[i] = spec.storage_nbytes
+    return sizes
 
 
 def _alias(buffer: torch.Tensor, spec: TensorSpec) -> torch.Tensor:

@@ -29,7 +29,7 @@ import msgpack
 import torch
 
 MAGIC = b"GNIE"
-VERSION = 1
+VERSION = 2  # 2: write notes shared_writes and reads_written_items (capture/written_memory.py)
 HEADER = struct.Struct("!4sHHQ")
 CHUNK = 4 << 20  # bytes per DATA frame when tensor bytes go through the socket
 INLINE_MAX = 64 << 10  # tensors up to this size travel inside the control message
