@@ -125,8 +125,10 @@ def test_t_on_matrix_then_mutate():
     assert_same(lview, view)
 
 
-def test_resize_grow_keeps_prefix():
-    la = torch.arange(4.0, device=DEVICE)
+@pytest.mark.parametrize("made", ["on the device", "uploaded"])
+def test_resize_grow_keeps_prefix(made):
+    """Also for a tensor copied onto the device, whose memory a server received over the wire."""
+    la = torch.arange(4.0, device=DEVICE) if made == "on the device" else torch.arange(4.0).to(DEVICE)
     la.resize_(2, 4)
     assert la.shape == (2, 4)
     assert torch.equal(host(la).flatten()[:4], torch.arange(4.0))

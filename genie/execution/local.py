@@ -275,6 +275,9 @@ class LocalExecutor(Executor):
         """The copy a write goes to; ``nbytes``: the size its storage must have, when views larger
         than the written one alias into it (``_buffer_sizes``)."""
         if oc.inplace_view:
+            if not value.untyped_storage().resizable():
+                # memory received over the wire (a server's uploads) cannot grow: resize_ gets a copy
+                value = clone_exact(value, _spec_of_input(src, value))
             return value.as_strided(value.shape, value.stride(), value.storage_offset())
         spec = _spec_of_input(src, value)
         if nbytes is not None and nbytes > spec.storage_nbytes:
