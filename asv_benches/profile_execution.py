@@ -18,6 +18,7 @@ import torch
 import genie
 from genie.execution import scheduler
 
+from .bench_replay import _pair
 from .common import REMOTE
 from .zoo import ZOO
 
@@ -62,12 +63,9 @@ def _train_parts(name: str, rounds: int = 15) -> tuple[float, dict, dict]:
     loss is read are capture only; reading it runs the plan, split here into building the plan
     (collect and fingerprint) and running it. That plan holds the previous step's backward and
     optimizer step too: nothing read them before."""
-    make_model, make_input = ZOO[name]
-    torch.manual_seed(0)
-    model = make_model().train()
-    lazy = copy.deepcopy(model).to(REMOTE)
-    x = make_input()
-    lx = x.to(REMOTE)
+    model, lazy, x, lx = _pair(name)
+    model.train()
+    lazy.train()
     ex = scheduler.get_executor()
     phases = ("zero_grad", "forward", "backward", "step", "read: plan", "read: run")
     times = {"eager": {k: [] for k in phases}, "genie": {k: [] for k in phases}}

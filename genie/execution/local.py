@@ -382,10 +382,10 @@ def _source_spec(src):
 
 
 def _spec_of_input(src, value):
-    if isinstance(src, Node):
-        spec = src.spec
-        if spec.__class__ is TensorSpec:
-            return spec
+    """The written argument's spec: its source node's, else the value's own layout."""
+    spec = _source_spec(src)
+    if spec is not None:
+        return spec
     from ..graph.node import spec_of
     return spec_of(value)
 
