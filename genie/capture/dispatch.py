@@ -176,22 +176,40 @@ for _k in (_DK.PreDispatch, _DK.PythonTLSSnapshot, _DK.ADInplaceOrView, _DK.Auto
     _BELOW_VIEW_TRACKING = _BELOW_VIEW_TRACKING | torch._C.DispatchKeySet(_k)
 
 
+# Guards below view tracking, made once and entered per view (entering a made guard costs a quarter
+# of making one). A guard object holds one exclusion at a time, so each entry takes one from the
+# pool (list pop and append are atomic): another thread, or a finalizer the GC runs inside the
+# guard, gets a guard of its own.
+_view_guards = [_exclude(_BELOW_VIEW_TRACKING)]
+
+
 def _view_of(src, spec: TensorSpec):
     """A wrapper for a view of ``src`` sharing its storage object (see ``_share_storage``).
     ``_make_subclass`` aliases ``src``'s storage and ``as_strided_`` sets the view's geometry: half
     the cost of a fresh wrapper re-pointed with ``set_``, which only dtype views still need."""
-    if spec.dtype is not src._spec.dtype:
+    ss = src._spec
+    if spec.dtype is not ss.dtype:
         t = new_lazy(spec, None)
         _share_storage(t, src, spec)
+        if t.is_conj() != spec.conj:
+            torch._C._set_conj(t, spec.conj)
+        if t.is_neg() != spec.neg:
+            torch._C._set_neg(t, spec.neg)
     else:
-        with _exclude(_BELOW_VIEW_TRACKING):  # no Python dispatch, no version-counter bump on src
-            t = _make_subclass(LazyTensor, src)
-            if spec is not src._spec:  # (detach, alias: the same geometry)
-                t.as_strided_(spec.shape, spec.stride, spec.offset)
-    if t.is_conj() != spec.conj:
-        torch._C._set_conj(t, spec.conj)
-    if t.is_neg() != spec.neg:
-        torch._C._set_neg(t, spec.neg)
+        pool = _view_guards
+        guard = pool.pop() if pool else _exclude(_BELOW_VIEW_TRACKING)
+        try:
+            with guard:  # no Python dispatch, no version-counter bump on src
+                t = _make_subclass(LazyTensor, src)
+                if spec is not src._spec:  # (detach, alias: the same geometry)
+                    t.as_strided_(spec.shape, spec.stride, spec.offset)
+        finally:
+            pool.append(guard)
+        # the alias has src's conjugate and negative bits, which src's spec states
+        if spec.conj is not ss.conj:
+            torch._C._set_conj(t, spec.conj)
+        if spec.neg is not ss.neg:
+            torch._C._set_neg(t, spec.neg)
     return t
 
 
@@ -517,6 +535,15 @@ def _dispatch(func, args, kwargs, share_storage=True):
                     node = Node(func, tuple(nargs), nkw, specs)
                     return tuple(None if s is None else new_lazy(s, Node(getitem, (node, i), _EMPTY, s))
                                  for i, s in enumerate(specs))
+                elif oc.view_list:  # split, unbind: getitems of one node, views of the first argument
+                    specs = inf.outs[0]
+                    if specs.__class__ is tuple:
+                        oc.captured += 1
+                        node = Node(func, tuple(nargs), nkw, specs)
+                        storage = _storage_of(args[0])
+                        src = args[0] if share_storage else None
+                        return [_wrap_out(s, Node(getitem, (node, i), _EMPTY, s), storage, src)
+                                for i, s in enumerate(specs)]
                 else:
                     spec = inf.outs[0]
                     if spec.__class__ is TensorSpec:

@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "single_view", "fresh_tuple", "grad_mode", "hot", "captured", "eager", "fallback",
+                 "simple_inplace", "single_view", "view_list", "fresh_tuple", "grad_mode", "hot", "captured", "eager", "fallback",
                  "floats")
 
     def __init__(self, func):
@@ -80,6 +80,10 @@ class OpClass:
         self.single_view = self.returns == [("view", 0)] and not (
             self.composite or self.dynamic or self.writes or self.random) and not self.scalar_out \
             and _is_single_tensor(schema.returns[0].type)
+        # x.split(2), x.unbind(): a list of views of the first argument
+        self.view_list = self.returns == [("view", 0)] and not (
+            self.composite or self.dynamic or self.writes or self.random or self.scalar_out or self.grad_mode) \
+            and len(schema.returns) == 1 and isinstance(schema.returns[0].type, torch.ListType)
         # native_batch_norm, max_pool2d_with_indices: several fresh tensor outputs, nothing else
         self.fresh_tuple = len(self.returns) > 1 and all(r == ("fresh",) for r in self.returns) and not (
             self.composite or self.dynamic or self.writes or self.random or self.scalar_out or self.grad_mode) \
@@ -88,7 +92,7 @@ class OpClass:
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
         # taken by dispatch.torch_dispatch's hot path (special ops have handlers of their own)
-        self.hot = self.plain or self.single_view or self.fresh_tuple or (self.simple_inplace and not self.grad_mode)
+        self.hot = self.plain or self.single_view or self.view_list or self.fresh_tuple or (self.simple_inplace and not self.grad_mode)
         # whether the signature holds the value of a Python float argument, or only its class
         # (dispatch.float_key). A pointwise op's outputs broadcast its tensors, and a scalar promotes
         # by its kind, never by its value: AdamW's ``denom / bias_correction2_sqrt`` and
