@@ -186,18 +186,33 @@ _LENGTH_FREE = frozenset(op for op in OPS if op._schema.name == "aten::scaled_do
 
 def _length_free_signature(key) -> tuple:
     out = [("length-free",)]
+    parts = _length_free_parts
     for part in key:
         if isinstance(part, tuple) and part and part[0] == "lazy":
-            _, spec, requires_grad = part
-            size, stride, offset, dtype, conj, neg = spec.shape, spec.stride, spec.offset, spec.dtype, spec.conj, spec.neg
-            order = tuple(sorted(range(len(size)), key=lambda d: (stride[d], d)))
-            # the last two dims are (length, head dim) for q/k/v and (q length, kv length) for a mask
-            pattern = tuple((n == 1, n == 0) if d >= len(size) - 2 else n for d, n in enumerate(size))
-            out.append(("lazy", pattern, size[-1] if size else None, order, stride[-1] if stride else None,
-                        offset == 0, dtype, requires_grad, conj, neg))
+            coarse = parts.get(part)
+            if coarse is None:
+                if len(parts) >= _TRACE_LIMIT:
+                    parts.clear()
+                coarse = parts[part] = _length_free_part(part)
+            out.append(coarse)
         else:
             out.append(part)
     return tuple(out)
+
+
+# ("lazy", spec, requires_grad) -> its length-free form. A decode step's keys and values have a new
+# length each step, but every layer shares it, and the queries' spec repeats: most parts are seen.
+_length_free_parts: dict = {}
+
+
+def _length_free_part(part) -> tuple:
+    _, spec, requires_grad = part
+    size, stride, offset, dtype, conj, neg = spec.shape, spec.stride, spec.offset, spec.dtype, spec.conj, spec.neg
+    order = tuple(sorted(range(len(size)), key=lambda d: (stride[d], d)))
+    # the last two dims are (length, head dim) for q/k/v and (q length, kv length) for a mask
+    pattern = tuple((n == 1, n == 0) if d >= len(size) - 2 else n for d, n in enumerate(size))
+    return ("lazy", pattern, size[-1] if size else None, order, stride[-1] if stride else None,
+            offset == 0, dtype, requires_grad, conj, neg)
 
 
 def _is_one_call(gm) -> bool:
