@@ -234,8 +234,37 @@ def _storage_of(t) -> LazyStorage:
     return s
 
 
+def _unflagged(spec: TensorSpec, conj: bool = False, neg: bool = False) -> TensorSpec:
+    return intern_spec(spec.shape, spec.stride, spec.offset, spec.dtype, spec.storage_nbytes, conj, neg, spec.layout,
+                       spec.index)
+
+
+def _bits_off(node: Node, spec: TensorSpec) -> tuple[Node, TensorSpec]:
+    """``node``'s memory as it is stored: its lazy conjugate and negative bits cleared (``_conj``
+    and ``_neg_view`` are views that toggle one). A conjugate view's memory holds the unflipped
+    values, so a storage's root and a view re-derived from it must not carry the bits."""
+    if spec.conj:
+        spec = _unflagged(spec, False, spec.neg)
+        node = Node(aten._conj.default, (node,), _EMPTY, spec)
+    if spec.neg:
+        spec = _unflagged(spec)
+        node = Node(aten._neg_view.default, (node,), _EMPTY, spec)
+    return node, spec
+
+
+def _bits_on(node: Node, spec: TensorSpec) -> Node:
+    """``node`` (memory laid out as ``spec``, no bits) with ``spec``'s lazy bits set."""
+    if spec.neg:
+        node = Node(aten._neg_view.default, (node,), _EMPTY, _unflagged(spec, False, True))
+    if spec.conj:
+        node = Node(aten._conj.default, (node,), _EMPTY, spec)
+    return node
+
+
 def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
     """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``."""
+    if root_spec.conj or root_spec.neg:
+        root, root_spec = _bits_off(root, root_spec)
     n = root_spec.storage_nbytes // root_spec.dtype.itemsize
     index = root_spec.index
     spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes, index=index)
@@ -254,8 +283,16 @@ def _refresh(t) -> None:
     if spec is s.root_spec:
         t._node = s.root
     else:
-        base = s.root if spec.dtype is s.root_spec.dtype else _flat(s.root, s.root_spec, spec.dtype)
-        t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
+        root, root_spec = s.root, s.root_spec
+        if root_spec.conj or root_spec.neg:
+            root, root_spec = _bits_off(root, root_spec)
+        base = root if spec.dtype is root_spec.dtype else _flat(root, root_spec, spec.dtype)
+        if spec.conj or spec.neg:  # the memory as stored, then the view's bits (see _bits_off)
+            view = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY,
+                        _unflagged(spec))
+            t._node = _bits_on(view, spec)
+        else:
+            t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
     t._version = s.version
 
 
