@@ -167,6 +167,32 @@ def test_cache_is_bounded_and_counts_evictions(monkeypatch):
     assert {k for k in linecache.cache if k.startswith("<genie-replay")} - before == kept
 
 
+@pytest.mark.in_process
+def test_cache_is_bounded_by_its_programs_nodes(monkeypatch):
+    """Programs keep about 1 KB per node: past the node budget the least recently used go."""
+    cache = ProgramCache(after=1, node_limit=12)
+    monkeypatch.setattr(scheduler.get_executor(), "programs", cache)
+    x = torch.ones(3, device=DEVICE)
+    host(x)  # a plan of 1 node (the factory)
+    y = x
+    for _ in range(5):
+        y = y * 2
+    host(y)  # and one of 5
+    assert cache.stats()["nodes"] == 6
+    z = x
+    for _ in range(9):
+        z = z + 1
+    host(z)  # 9 more: over budget, the older programs go
+    s = cache.stats()
+    assert s["programs"] == 1 and s["nodes"] == 9 and s["evictions"] >= 1
+    w = x
+    for _ in range(20):
+        w = w - 1
+    host(w)  # larger than the budget alone: compiled and kept, everything older goes
+    s = cache.stats()
+    assert s["programs"] == 1 and s["nodes"] == 20
+
+
 def test_replay_stats_are_visible():
     genie.reset_replay_stats()
     x = torch.ones(3, device=DEVICE)

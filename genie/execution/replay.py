@@ -333,8 +333,14 @@ def _text(item) -> str:
 class ProgramCache:
     """Compiled programs by fingerprint, least recently used first out."""
 
-    def __init__(self, limit: int | None = None, after: int | None = None):
+    def __init__(self, limit: int | None = None, after: int | None = None, node_limit: int | None = None):
         self.limit = limit if limit is not None else int(os.environ.get("GENIE_REPLAY_CACHE", "256"))
+        # a compiled program keeps about 1 KB per node (its two code objects, their source for
+        # tracebacks, the key): the programs' nodes together are bounded too, so that many large
+        # structures hold about 100 MB, not 256 programs of up to 20,000 nodes each
+        self.node_limit = node_limit if node_limit is not None else \
+            int(os.environ.get("GENIE_REPLAY_CACHE_NODES", "100000"))
+        self.nodes = 0  # nodes of the cached programs
         # compile a fingerprint the ``after``-th time it is seen (1: at once; the suites use that)
         self.after = max(1, after if after is not None else int(os.environ.get("GENIE_REPLAY_AFTER", "2")))
         self._programs: OrderedDict = OrderedDict()
@@ -371,19 +377,26 @@ class ProgramCache:
         self.compile_s += time.perf_counter() - t0
         self.compiles += 1
         self._programs[key] = prog
-        if len(self._programs) > self.limit:
+        self.nodes += prog.nodes
+        # least recently used first out; the program just compiled stays (it runs now)
+        while len(self._programs) > 1 and (len(self._programs) > self.limit or self.nodes > self.node_limit):
             _, old = self._programs.popitem(last=False)
+            self.nodes -= old.nodes
             old.forget()
             self.evictions += 1
         return prog
 
     def clear(self) -> None:
+        for prog in self._programs.values():
+            prog.forget()
         self._programs.clear()
+        self.nodes = 0
         self._seen.clear()
 
     def stats(self) -> dict:
         return {"enabled": True, "compile_after": self.after, "hits": self.hits, "misses": self.misses, "compiles": self.compiles,
                 "compile_s": self.compile_s, "programs": len(self._programs), "limit": self.limit,
+                "nodes": self.nodes, "node_limit": self.node_limit,
                 "evictions": self.evictions, "uncompiled": self.uncompiled}
 
 
