@@ -268,29 +268,47 @@ def execution_has_kernel(func) -> bool:
 
 def _whole(func, args, kwargs):
     if execution_has_kernel(func):
-        with torch._C._AutoDispatchBelowAutograd():
-            return func(*args, **kwargs)
+        return _below_autograd(func, args, kwargs)
     return func.decompose(*args, **kwargs)
 
 
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_capture = None  # dispatch.torch_dispatch (bound by register: dispatch imports this module)
+
+
+def _below_autograd(func, args, kwargs):
+    """``func`` re-dispatched below autograd, from a kernel at the device's autograd key. For these
+    ops (neither views nor writes: ADInplaceOrView has nothing to do) that reaches only the Python
+    key, this device's capture; with no dispatch mode to visit first, it is called directly: one
+    trip through the dispatcher instead of two."""
+    if not _dispatch_modes():
+        return _capture(None, func, None, args, kwargs)
+    with torch._C._AutoDispatchBelowAutograd():
+        return func(*args, **kwargs)
+
+
 # Composites captured as one node when no gradient is needed: ``linear`` on a 3-d input is four
-# ops (view, t, addmm, view), each a trip through the dispatcher into Python; as one node it is one
-# trip, and the execution device runs the same composite in C++ (the same kernels, the same bits).
+# ops (view, t, addmm, view), each a trip through the dispatcher into Python, and ``layer_norm`` is
+# ``native_layer_norm`` with three outputs (three wrappers, three getitem nodes) of which it returns
+# one; as one node each is one trip, and the execution device runs the same composite in C++ (the
+# same kernels, the same bits). (``matmul`` stays decomposed: its graph says ``mm`` where eager ran
+# ``mm``, and errors name that op.)
 # When a gradient is needed, the composite decomposes as before, and autograd records its ops.
 # (The one difference: eager's 3-d ``linear`` output is a view of an internal addmm result,
 # ``_base`` set; the whole node's output is a fresh tensor.)
-WHOLE_WITHOUT_GRAD = (aten.linear.default,)
+WHOLE_WITHOUT_GRAD = (aten.linear.default, aten.layer_norm.default)
 
 
 def _whole_without_grad(func, args, kwargs):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return func.decompose(*args, **kwargs)
-    with torch._C._AutoDispatchBelowAutograd():
-        return func(*args, **kwargs)
+    return _below_autograd(func, args, kwargs)
 
 
 def register(lib) -> None:
     """Kernels at the device's autograd key: replayed ops go through autograd themselves."""
+    global _capture
+    from .dispatch import torch_dispatch as _capture
     for func in WHOLE_WITHOUT_GRAD:
         def whole_without_grad(*args, _func=func, **kwargs):
             return _whole_without_grad(_func, args, kwargs)
