@@ -5,12 +5,7 @@ both the cache key and the node's arguments, one dict lookup finds the output sp
 and one wrapper are made. Everything else (inference, views, mutation, data-dependent ops) is
 off that path.
 
-Aliasing model. Tensors that share memory share a ``LazyStorage``. Its ``root`` is the node whose
-value has the storage's layout (``root_spec``). A write through any alias makes a new root (the
-written tensor itself when it covers the storage, else the written copy of the whole storage,
-seen flat: see ``_mutate``) and bumps the storage version; other aliases notice the version on
-their next use and re-derive their value from the root. A tensor that nobody aliases has no
-LazyStorage at all.
+Views, storages and writes through aliases live in ``aliasing``.
 """
 
 from __future__ import annotations
@@ -18,12 +13,12 @@ from __future__ import annotations
 import threading
 
 import torch
-from torch.utils._mode_utils import no_dispatch
 
-from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, intern_spec, on_index, op_name, spec_of
+from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, on_index, op_name, spec_of
 from ..graph.node import keep_structure
 from ..graph.node import scope as node_scope
 from . import written_memory
+from .aliasing import DEVICES, _mutate, _refresh, _storage_of, _wrap_out, new_lazy
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import chain_for
@@ -32,7 +27,6 @@ from .schema import _classes, classify, get_arg
 aten = torch.ops.aten
 DEVICE_TYPE = "remote_accelerator"
 DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is registered
-DEVICES: list = []  # torch.device("remote_accelerator", i) at position i (see device_at)
 
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
 _materialize = None  # bound by genie/execution/scheduler.py
@@ -41,6 +35,7 @@ module_moved = None  # semantics: called with each module moved onto (or off) th
 module_restored = None  # semantics: called with each module whose state was just set (copies, unpickling)
 backward_context = None  # semantics: the module context of a backward op being captured
 _autograd_node = torch._C._current_autograd_node
+_STRIDED = torch.strided
 
 # ops whose eager CUDA kernels accept CPU tensors beside device tensors
 _CPU_TENSOR_OK = {aten.copy_.default, aten.index.Tensor, aten.index_put_.default, aten.index_put.default,
@@ -65,15 +60,6 @@ _FALLBACK = _Verdict("fallback")  # no metadata inference: run eagerly
 _DATA_DEPENDENT = _Verdict("data-dependent")  # run this signature eagerly, like nonzero
 _DEFAULT_DTYPE = _Verdict("default-dtype")  # outputs follow torch.get_default_dtype(): keyed on it too
 FALLTHROUGH = object()  # a special-op handler's answer: "capture this call as usual" (special_ops.py)
-
-
-class LazyStorage:
-    __slots__ = ("root", "root_spec", "version")
-
-    def __init__(self, root: Node, root_spec: TensorSpec):
-        self.root = root
-        self.root_spec = root_spec
-        self.version = 0
 
 
 def is_remote_device(d) -> bool:
@@ -117,214 +103,6 @@ def index_of_device(device) -> int:
         device_at(index)
         beyond_device_0()
     return index
-
-
-# --------------------------------------------------------------------------------------------
-# wrappers
-
-
-_make_wrapper = torch.Tensor._make_wrapper_subclass
-_STRIDED = torch.strided
-
-
-def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
-    # positional arguments: (cls, size, strides, storage_offset, memory_format, dtype, layout, device,
-    # pin_memory, requires_grad, dispatch_sizes_strides_policy, dispatch_device, dispatch_layout,
-    # _extra_dispatch_keys, storage_size); keyword parsing costs measurably on this path
-    if spec.layout is _STRIDED:
-        t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
-                          DEVICES[spec.index], False, False, None, False, False, None, spec.storage_nbytes)
-    else:
-        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, spec.layout, DEVICES[spec.index],
-                          False, False, None, False, False, None, None)
-    t._node = node
-    t._spec = spec
-    t._storage = storage
-    t._version = version
-    if spec.conj or spec.neg:
-        _set_bits(t, spec)
-    return t
-
-
-def _set_bits(t, spec: TensorSpec) -> None:
-    if spec.conj:
-        torch._C._set_conj(t, True)
-    if spec.neg:
-        torch._C._set_neg(t, True)
-
-
-_set_storage = torch.ops.aten.set_.source_Storage_storage_offset
-# set_'s CPU kernel only re-points a TensorImpl at a storage and sets sizes and strides; it is
-# the one way to make two wrapper subclasses share a storage object.
-_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-
-
-def _share_storage(t, src, spec: TensorSpec) -> None:
-    """Make wrapper ``t`` use ``src``'s storage object, as a view does on a real device: composite
-    kernels compare storages (``is_alias_of``) to decide whether an out= view needs copying back."""
-    with no_dispatch():
-        _set_storage.redispatch(_CPU_KEYS, t, src.untyped_storage(), spec.offset, spec.shape, spec.stride)
-
-
-_make_subclass = torch.Tensor._make_subclass
-_exclude = torch._C._ExcludeDispatchKeyGuard
-# _DisableTorchDispatch and _AutoDispatchBelowADInplaceOrView together, for this device's tensors,
-# in one guard (a view's wrapper is made under it: one guard object instead of two per view)
-_DK = torch._C.DispatchKey
-_BELOW_VIEW_TRACKING = torch._C.DispatchKeySet(_DK.Python)
-for _k in (_DK.PreDispatch, _DK.PythonTLSSnapshot, _DK.ADInplaceOrView, _DK.AutogradPrivateUse1):
-    _BELOW_VIEW_TRACKING = _BELOW_VIEW_TRACKING | torch._C.DispatchKeySet(_k)
-
-
-# Guards below view tracking, made once and entered per view (entering a made guard costs a quarter
-# of making one). A guard object holds one exclusion at a time, so each entry takes one from the
-# pool (list pop and append are atomic): another thread, or a finalizer the GC runs inside the
-# guard, gets a guard of its own.
-_view_guards = [_exclude(_BELOW_VIEW_TRACKING)]
-
-
-def _view_of(src, spec: TensorSpec):
-    """A wrapper for a view of ``src`` sharing its storage object (see ``_share_storage``).
-    ``_make_subclass`` aliases ``src``'s storage and ``as_strided_`` sets the view's geometry: half
-    the cost of a fresh wrapper re-pointed with ``set_``, which only dtype views still need."""
-    ss = src._spec
-    if spec.dtype is not ss.dtype:
-        t = new_lazy(spec, None)
-        _share_storage(t, src, spec)
-        if t.is_conj() != spec.conj:
-            torch._C._set_conj(t, spec.conj)
-        if t.is_neg() != spec.neg:
-            torch._C._set_neg(t, spec.neg)
-    else:
-        pool = _view_guards
-        guard = pool.pop() if pool else _exclude(_BELOW_VIEW_TRACKING)
-        try:
-            with guard:  # no Python dispatch, no version-counter bump on src
-                t = _make_subclass(LazyTensor, src)
-                if spec is not src._spec:  # (detach, alias: the same geometry)
-                    t.as_strided_(spec.shape, spec.stride, spec.offset)
-        finally:
-            pool.append(guard)
-        # the alias has src's conjugate and negative bits, which src's spec states
-        if spec.conj is not ss.conj:
-            torch._C._set_conj(t, spec.conj)
-        if spec.neg is not ss.neg:
-            torch._C._set_neg(t, spec.neg)
-    return t
-
-
-def _restride(t, spec: TensorSpec) -> None:
-    """Give the wrapper ``t`` new metadata in place (squeeze_, resize_, a resized out=)."""
-    if spec.storage_nbytes <= t.untyped_storage().nbytes() and spec.dtype is t._spec.dtype:
-        with _exclude(_BELOW_VIEW_TRACKING):
-            t.as_strided_(spec.shape, spec.stride, spec.offset)
-        t._spec = spec
-        return
-    shell = new_lazy(spec, None)  # only its TensorImpl is used: t takes over its metadata and storage
-    with no_dispatch(), torch.no_grad():
-        t.data = shell
-    t._spec = spec
-
-
-def _storage_of(t) -> LazyStorage:
-    s = t._storage
-    if s is None:
-        s = t._storage = LazyStorage(t._node, t._spec)
-        t._version = 0
-    return s
-
-
-def _unflagged(spec: TensorSpec, conj: bool = False, neg: bool = False) -> TensorSpec:
-    return intern_spec(spec.shape, spec.stride, spec.offset, spec.dtype, spec.storage_nbytes, conj, neg, spec.layout,
-                       spec.index)
-
-
-def _bits_off(node: Node, spec: TensorSpec) -> tuple[Node, TensorSpec]:
-    """``node``'s memory as it is stored: its lazy conjugate and negative bits cleared (``_conj``
-    and ``_neg_view`` are views that toggle one). A conjugate view's memory holds the unflipped
-    values, so a storage's root and a view re-derived from it must not carry the bits."""
-    if spec.conj:
-        spec = _unflagged(spec, False, spec.neg)
-        node = Node(aten._conj.default, (node,), _EMPTY, spec)
-    if spec.neg:
-        spec = _unflagged(spec)
-        node = Node(aten._neg_view.default, (node,), _EMPTY, spec)
-    return node, spec
-
-
-def _bits_on(node: Node, spec: TensorSpec) -> Node:
-    """``node`` (memory laid out as ``spec``, no bits) with ``spec``'s lazy bits set."""
-    if spec.neg:
-        node = Node(aten._neg_view.default, (node,), _EMPTY, _unflagged(spec, False, True))
-    if spec.conj:
-        node = Node(aten._conj.default, (node,), _EMPTY, spec)
-    return node
-
-
-def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
-    """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``."""
-    if root_spec.conj or root_spec.neg:
-        root, root_spec = _bits_off(root, root_spec)
-    n = root_spec.storage_nbytes // root_spec.dtype.itemsize
-    index = root_spec.index
-    spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes, index=index)
-    node = root if (root_spec is spec) else Node(aten.as_strided.default, (root, (n,), (1,), 0), _EMPTY, spec)
-    if dtype is not root_spec.dtype:
-        m = root_spec.storage_nbytes // dtype.itemsize
-        node = Node(aten.view.dtype, (node, dtype), _EMPTY,
-                    intern_spec((m,), (1,), 0, dtype, root_spec.storage_nbytes, index=index))
-    return node
-
-
-def _refresh(t) -> None:
-    """Re-derive an alias's value from its storage's root after a write through another alias."""
-    s = t._storage
-    spec = t._spec
-    if spec is s.root_spec:
-        t._node = s.root
-    else:
-        root, root_spec = s.root, s.root_spec
-        if root_spec.conj or root_spec.neg:
-            root, root_spec = _bits_off(root, root_spec)
-        base = root if spec.dtype is root_spec.dtype else _flat(root, root_spec, spec.dtype)
-        if spec.conj or spec.neg:  # the memory as stored, then the view's bits (see _bits_off)
-            view = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY,
-                        _unflagged(spec))
-            t._node = _bits_on(view, spec)
-        else:
-            t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
-    t._version = s.version
-
-
-def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
-    """Record that ``node`` is the new value of ``t`` (written by an in-place or out= op)."""
-    old = t._spec
-    if inplace_view:
-        s = _storage_of(t)
-        if spec is not old:
-            _restride(t, spec)
-        t._node = node
-        t._version = s.version
-        return
-    if spec is not old:
-        _restride(t, spec)
-    s = t._storage
-    if s is None:
-        t._node = node
-        return
-    if spec.storage_nbytes != old.storage_nbytes:
-        # resize_ grew the storage: the written tensor becomes the whole storage
-        s.root, s.root_spec = node, spec
-    elif old is s.root_spec:
-        s.root = node
-    else:
-        # the written node's value sits in a full copy of the storage (execution.local.clone_exact),
-        # so that whole storage, seen flat in the storage's dtype, is the new root
-        flat = _flat(node, spec, s.root_spec.dtype)
-        s.root, s.root_spec = flat, flat.spec
-    s.version += 1
-    t._node = node
-    t._version = s.version
 
 
 # --------------------------------------------------------------------------------------------
@@ -820,21 +598,6 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if len(oc.returns) == 0:
         return None
     return results[0] if len(results) == 1 else tuple(results)
-
-
-def _wrap_out(spec, node, storage, src=None):
-    if spec is None:
-        return None
-    if storage is None:
-        return new_lazy(spec, node)
-    if src is None:
-        return new_lazy(spec, node, storage, storage.version)
-    t = _view_of(src, spec)
-    t._node = node
-    t._spec = spec
-    t._storage = storage
-    t._version = storage.version
-    return t
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from torch.optim import optimizer as _optimizer
 from torch.utils import _foreach_utils
 
-from . import device_choice, dispatch, fastpath, module_conversion, special_ops, written_memory
+from . import aliasing, device_choice, dispatch, fastpath, module_conversion, special_ops, written_memory
 
 _multithreading = torch._C._is_multithreading_enabled
 _set_multithreading = torch._C._set_multithreading_enabled
@@ -90,7 +90,7 @@ def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False, in
     return t
 
 
-dispatch.LazyTensor = device_choice.LazyTensor = written_memory.LazyTensor = LazyTensor
+dispatch.LazyTensor = aliasing.LazyTensor = device_choice.LazyTensor = written_memory.LazyTensor = LazyTensor
 # Optimizers and clip_grad_norm_ take their multi-tensor (foreach) path on the device, as they do on
 # CUDA: torch offers it to PrivateUse1 devices, for tensors of the types listed here (DTensor lists
 # itself the same way). An AdamW step is then eight captured ops in all instead of eight per
