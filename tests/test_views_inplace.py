@@ -371,3 +371,82 @@ def test_writes_and_reads_through_conjugate_and_negative_views(case):
     for le, e in zip(lazy, eager, strict=True):
         assert le.is_conj() == e.is_conj() and le.is_neg() == e.is_neg()
         assert_same(le, e)
+
+
+# ``t.data = other`` and ``t.set_(other)`` make ``t`` an alias of all of ``other``; ``t.set_()``
+# gives ``t`` a storage of its own. Before, the first two kept ``t``'s old value (with the new
+# metadata), and ``set_()`` failed when a view of the old storage was read.
+def _data_setter(d):
+    x, y = torch.arange(3.0, device=d), torch.arange(3.0, device=d) * 10
+    x.data = y
+    y.add_(1)
+    seen_by_x = x * 1
+    x.add_(1)
+    return [seen_by_x, x, y]
+
+
+def _data_setter_new_shape(d):
+    x = torch.arange(3.0, device=d)
+    x.data = torch.arange(8.0, device=d).view(2, 4).t()
+    return [x, x.data * 2]
+
+
+def _data_setter_old_view(d):
+    x = torch.arange(3.0, device=d)
+    v = x[1:]
+    x.data = torch.zeros(3, device=d)
+    v.fill_(5)
+    return [x, v]
+
+
+def _parameter_data(d):
+    p = torch.nn.Parameter(torch.ones(2, 3, device=d))
+    p.data = torch.full((3, 2), 3.0, device=d)
+    p.data.mul_(2)
+    return [p.detach()]
+
+
+def _set_to_tensor(d):
+    a = torch.arange(6.0, device=d).view(2, 3).t()
+    b = torch.zeros(1, device=d)
+    b.set_(a)
+    b[0].fill_(9)
+    a.mul_(2)
+    return [a, b]
+
+
+def _set_to_a_view(d):
+    a = torch.arange(4.0, device=d)
+    c = torch.zeros(2, device=d)
+    c.set_(a[1:3])
+    c.add_(10)
+    return [a, c]
+
+
+def _set_to_empty(d):
+    x = torch.arange(6.0, device=d)
+    v = x.view(2, 3)
+    x.set_()
+    x.resize_(3)
+    x.fill_(5)
+    return [x, v]
+
+
+_REPOINTED = {f.__name__.lstrip("_"): f for f in (_data_setter, _data_setter_new_shape, _data_setter_old_view,
+                                                  _parameter_data, _set_to_tensor, _set_to_a_view, _set_to_empty)}
+
+
+@pytest.mark.parametrize("case", list(_REPOINTED))
+def test_data_setter_and_set_repoint_a_tensor_as_eager_does(case):
+    for _ in range(3):  # the third run replays a compiled program
+        eager, lazy = _REPOINTED[case]("cpu"), _REPOINTED[case](DEVICE)
+        for le, e in zip(lazy, eager, strict=True):
+            assert le.storage_offset() == e.storage_offset()
+            assert_same(le, e)
+
+
+def test_set_refuses_what_eager_refuses():
+    with pytest.raises(RuntimeError, match="Could not set tensor of type double to a tensor of type float"):
+        torch.zeros(3, device=DEVICE).set_(torch.zeros(3, dtype=torch.float64, device=DEVICE))
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.zeros(3, device=DEVICE, requires_grad=True).set_(torch.zeros(3, device=DEVICE))

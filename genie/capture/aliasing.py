@@ -131,8 +131,38 @@ def _restride(t, spec: TensorSpec) -> None:
         return
     shell = new_lazy(spec, None)  # only its TensorImpl is used: t takes over its metadata and storage
     with no_dispatch(), torch.no_grad():
-        t.data = shell
+        set_wrapper_data(t, shell)
     t._spec = spec
+
+
+# torch's ``Tensor.data`` setter (``set_data``): re-points a wrapper's TensorImpl at another's
+# storage and metadata, without dispatch. LazyTensor's own ``data`` setter calls it, then
+# ``alias_all`` (the LazyTensor's value and storage follow the wrapper's).
+set_wrapper_data = torch._C.TensorBase.data.__set__
+
+
+def alias_all(t, src) -> None:
+    """``t`` (whose wrapper now has ``src``'s storage and geometry) becomes an alias of ``src``:
+    ``t.data = src``, ``t.set_(src)``. They share one LazyStorage from here on, so a write through
+    either is seen by the other; aliases of ``t``'s old storage keep theirs, as in eager."""
+    s = src._storage
+    if s is not None and src._version != s.version:
+        _refresh(src)
+    s = _storage_of(src)
+    t._node = src._node
+    t._spec = src._spec
+    t._storage = s
+    t._version = src._version
+
+
+def detach_storage(t) -> None:
+    """``t`` gets a storage of its own (``set_()``): aliases of its old storage keep that one."""
+    if t._storage is not None:
+        shell = new_lazy(t._spec, None)
+        with no_dispatch(), torch.no_grad():
+            set_wrapper_data(t, shell)
+        t._storage = None
+        t._version = 0
 
 
 def _storage_of(t) -> LazyStorage:

@@ -66,6 +66,13 @@ class LazyTensor(torch.Tensor):
         finally:
             _set_multithreading(was)
 
+    # ``t.data = other``: torch re-points the wrapper at ``other``'s storage and metadata (and
+    # refuses what eager refuses); the LazyTensor then takes ``other``'s value and shares its
+    # storage, as eager's tensor does. (torch's setter alone changed the metadata and kept the
+    # old value.) Reading ``t.data`` is torch's getter: a detached alias.
+    data = property(torch._C.TensorBase.data.__get__, lambda self, other: _set_data(self, other),
+                    doc=torch._C.TensorBase.data.__doc__)
+
     @property
     def genie_node(self):
         """The graph node this tensor's value comes from (for inspection)."""
@@ -73,6 +80,12 @@ class LazyTensor(torch.Tensor):
         if s is not None and self._version != s.version:
             dispatch._refresh(self)
         return self._node
+
+
+def _set_data(t, other) -> None:
+    aliasing.set_wrapper_data(t, other)
+    if isinstance(other, LazyTensor):
+        aliasing.alias_all(t, other)
 
 
 def _rebuild(host: torch.Tensor, requires_grad: bool, is_param: bool = False, index: int = 0):

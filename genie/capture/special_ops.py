@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.node import _EMPTY, Node, op_name
-from . import device_choice, dispatch
+from . import aliasing, device_choice, dispatch
 from ._tls import eager_kernels
 from .dispatch import DEVICE_TYPE, FALLTHROUGH, value_of
 from .schema import classify
@@ -108,6 +108,27 @@ def _host_contract(func, args, kwargs):
     return func.redispatch(_CPU_KEYSET, *args, **kwargs)
 
 
+def _set_to_tensor(func, args, kwargs):
+    """``t.set_(source)``: ``t`` becomes an alias of all of ``source`` (its storage and geometry),
+    as ``t.data = source`` does. Eager's own checks run first, on meta stand-ins."""
+    t, source = args[0], kwargs.get("source", args[1] if len(args) > 1 else None)
+    if not isinstance(source, dispatch.LazyTensor):
+        raise dispatch._device_error(func, source.device)
+    with eager_kernels():  # (dtype mismatch: "Could not set tensor of type double to a tensor of type float")
+        torch.empty(0, dtype=t.dtype, device="meta").set_(torch.empty(0, dtype=source.dtype, device="meta"))
+    aliasing._share_storage(t, source, source._spec)
+    aliasing.alias_all(t, source)
+    return t
+
+
+def _set_to_empty(func, args, kwargs):
+    """``t.set_()``: ``t`` gets an empty storage of its own; views of its old storage keep that one."""
+    t = args[0]
+    if isinstance(t, dispatch.LazyTensor):
+        aliasing.detach_storage(t)
+    return FALLTHROUGH
+
+
 def _unsupported(func, args, kwargs):
     raise NotImplementedError(f"{op_name(func)} is not supported on {DEVICE_TYPE}: "
                               "tensors there have no host-visible storage")
@@ -134,6 +155,8 @@ _SPECIAL = {
     aten._to_copy.default: _to_copy,
     aten.copy_.default: _copy_,
     aten.is_pinned.default: _is_pinned,
+    aten.set_.source_Tensor: _set_to_tensor,
+    aten.set_.default: _set_to_empty,
     aten.set_.source_Storage: _unsupported,
     aten.set_.source_Storage_storage_offset: _unsupported,
     aten._pack_padded_sequence.default: _host_contract,
