@@ -66,6 +66,7 @@ BINDINGS = {
     _aten.tanh.default: _V.tanh, _aten.sigmoid.default: _V.sigmoid, _aten.rsqrt.default: _V.rsqrt,
     _aten.pow.Tensor_Scalar: _V.pow, _aten.mean.dim: _V.mean, _aten.where.self: _V.where,
     _aten.native_batch_norm.default: _V.native_batch_norm,
+    _aten.linear.default: _NN.linear, _aten.layer_norm.default: _V.layer_norm,
 }
 
 
