@@ -450,3 +450,27 @@ def test_set_refuses_what_eager_refuses():
         torch.zeros(3, device=DEVICE).set_(torch.zeros(3, dtype=torch.float64, device=DEVICE))
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         torch.zeros(3, device=DEVICE, requires_grad=True).set_(torch.zeros(3, device=DEVICE))
+
+
+# resize_ growing a tensor grows the memory its views share (eager's views see the grown storage):
+# before, a write through a view from before the resize, then a read of the base, failed out of bounds
+_AFTER_A_GROWING_RESIZE = {
+    "write through an older view, read the base": lambda d: (lambda x, v: (x.resize_(10), v.add_(100), [x[:4], v]))(
+        *(lambda x: (x, x[1:3]))(torch.arange(4.0, device=d)))[2],
+    "fill an older view, zero the new part": lambda d: (lambda x, v: (x.resize_(10), v.fill_(7), x[4:].zero_(),
+                                                                       [x, v]))(
+        *(lambda x: (x, x[1:3]))(torch.arange(4.0, device=d)))[3],
+    "a view with an offset grows its base's storage": lambda d: (lambda b, x: (x.resize_(10), b.add_(1), [b, x[:2]]))(
+        *(lambda b: (b, b[2:4]))(torch.arange(8.0, device=d)))[2],
+    "grown twice, then written through both": lambda d: (lambda x, v: (x.resize_(10), x.resize_(12), v.mul_(2),
+                                                                       x[4:].fill_(1), [x, v]))(
+        *(lambda x: (x, x[1:3]))(torch.arange(4.0, device=d)))[4],
+}
+
+
+@pytest.mark.parametrize("case", list(_AFTER_A_GROWING_RESIZE))
+def test_views_see_the_storage_a_resize_grew(case):
+    for _ in range(3):
+        eager, lazy = _AFTER_A_GROWING_RESIZE[case]("cpu"), _AFTER_A_GROWING_RESIZE[case](DEVICE)
+        for le, e in zip(lazy, eager, strict=True):
+            assert_same(le, e)

@@ -219,6 +219,12 @@ def _refresh(t) -> None:
     """Re-derive an alias's value from its storage's root after a write through another alias."""
     s = t._storage
     spec = t._spec
+    if spec.storage_nbytes < s.root_spec.storage_nbytes:
+        # resize_ through another alias grew the memory they share: this alias sees the grown
+        # storage too, as eager's views do (and a write through it copies all of it)
+        spec = intern_spec(spec.shape, spec.stride, spec.offset, spec.dtype, s.root_spec.storage_nbytes, spec.conj,
+                           spec.neg, spec.layout, spec.index)
+        _restride(t, spec)
     if spec is s.root_spec:
         t._node = s.root
     else:
@@ -243,6 +249,12 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
         if spec is not old:
             _restride(t, spec)
         t._node = node
+        if spec.storage_nbytes > s.root_spec.storage_nbytes:
+            # resize_ grew the memory every alias shares: the grown memory, seen flat, is the new
+            # root, and the other aliases re-derive from it (see _refresh)
+            flat = _flat(node, spec, s.root_spec.dtype)
+            s.root, s.root_spec = flat, flat.spec
+            s.version += 1
         t._version = s.version
         return
     if spec is not old:
