@@ -67,6 +67,8 @@ BINDINGS = {
     _aten.pow.Tensor_Scalar: _V.pow, _aten.mean.dim: _V.mean, _aten.where.self: _V.where,
     _aten.native_batch_norm.default: _V.native_batch_norm,
     _aten.linear.default: _NN.linear, _aten.layer_norm.default: _V.layer_norm,
+    _aten.split.Tensor: _V.split, _aten._transformer_encoder_layer_fwd.default: _V._transformer_encoder_layer_fwd,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default: _V._scaled_dot_product_flash_attention_for_cpu,
 }
 
 
