@@ -25,6 +25,9 @@ def test_mixing_devices_like_cuda():
     (lambda: torch.ones(2, device=DEVICE, dtype=torch.int64).add_(torch.ones(2, device=DEVICE) * 0.5), "aten::add_"),
     (lambda: torch.ones(4, device=DEVICE).view(3), "aten::view"),
     (lambda: torch.cat([torch.ones(2, 2, device=DEVICE), torch.ones(3, 3, device=DEVICE)], 1), "aten::cat"),
+    # layer_norm without grad is one node; its kernel's dtype checks still run at the call, as eager's
+    (lambda: torch.nn.functional.layer_norm(torch.ones(2, 5, device=DEVICE), (5,),
+                                            torch.ones(5, device=DEVICE, dtype=torch.float64)), "aten::layer_norm"),
 ])
 def test_rejected_at_capture(bad, match):
     with pytest.raises(RuntimeError, match=match):

@@ -432,8 +432,21 @@ def _set_to_empty(d):
     return [x, v]
 
 
+def _set_keeps_its_conjugate_bit(d):
+    """set_ re-points memory, not the key set: a conjugate view set to a plain tensor stays conjugate."""
+    def make():
+        return (torch.arange(4.0, device=d) * (1 + 2j)).to(torch.complex64)
+    t, u = make().conj(), make()
+    src = (make() + 1).conj()
+    t.set_(make() + 1)
+    u.set_(src)
+    u.add_(1j)
+    return [t, t[1:], u, src]
+
+
 _REPOINTED = {f.__name__.lstrip("_"): f for f in (_data_setter, _data_setter_new_shape, _data_setter_old_view,
-                                                  _parameter_data, _set_to_tensor, _set_to_a_view, _set_to_empty)}
+                                                  _parameter_data, _set_to_tensor, _set_to_a_view, _set_to_empty,
+                                                  _set_keeps_its_conjugate_bit)}
 
 
 @pytest.mark.parametrize("case", list(_REPOINTED))
@@ -442,6 +455,7 @@ def test_data_setter_and_set_repoint_a_tensor_as_eager_does(case):
         eager, lazy = _REPOINTED[case]("cpu"), _REPOINTED[case](DEVICE)
         for le, e in zip(lazy, eager, strict=True):
             assert le.storage_offset() == e.storage_offset()
+            assert (le.is_conj(), le.is_neg(), le._version) == (e.is_conj(), e.is_neg(), e._version)
             assert_same(le, e)
 
 
@@ -465,6 +479,13 @@ _AFTER_A_GROWING_RESIZE = {
     "grown twice, then written through both": lambda d: (lambda x, v: (x.resize_(10), x.resize_(12), v.mul_(2),
                                                                        x[4:].fill_(1), [x, v]))(
         *(lambda x: (x, x[1:3]))(torch.arange(4.0, device=d)))[4],
+    # an int8 view grows a float64 tensor's storage to 33 bytes: four whole float64s and a byte
+    "int8 view grows a float64 storage, written past it": lambda d: (lambda x, v: (v.resize_(33), v[32].fill_(7),
+                                                                                    [x, v]))(
+        *(lambda x: (x, x.view(torch.int8)))(torch.arange(4.0, dtype=torch.float64, device=d)))[2],
+    "int8 view grows a float64 storage, base written": lambda d: (lambda x, v: (v.resize_(33), x.add_(1),
+                                                                                [x, v[:32]]))(
+        *(lambda x: (x, x.view(torch.int8)))(torch.arange(4.0, dtype=torch.float64, device=d)))[2],
 }
 
 
@@ -474,3 +495,14 @@ def test_views_see_the_storage_a_resize_grew(case):
         eager, lazy = _AFTER_A_GROWING_RESIZE[case]("cpu"), _AFTER_A_GROWING_RESIZE[case](DEVICE)
         for le, e in zip(lazy, eager, strict=True):
             assert_same(le, e)
+
+
+def test_version_counter_reads_as_eager():
+    """``t._version`` is torch's version counter (genie's own bookkeeping has another name)."""
+    for d in ("cpu", DEVICE):
+        x = torch.zeros(3, device=d)
+        x.add_(1)
+        x.add_(1)
+        v = x[1:]
+        v.mul_(2)
+        assert (x._version, v._version) == (3, 3)

@@ -49,7 +49,7 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
     t._node = node
     t._spec = spec
     t._storage = storage
-    t._version = version
+    t._seen = version
     if spec.conj or spec.neg:
         _set_bits(t, spec)
     return t
@@ -106,7 +106,10 @@ def _view_of(src, spec: TensorSpec):
             torch._C._set_neg(t, spec.neg)
     else:
         pool = _view_guards
-        guard = pool.pop() if pool else _exclude(_BELOW_VIEW_TRACKING)
+        try:
+            guard = pool.pop()
+        except IndexError:
+            guard = _exclude(_BELOW_VIEW_TRACKING)
         try:
             with guard:  # no Python dispatch, no version-counter bump on src
                 t = _make_subclass(LazyTensor, src)
@@ -141,18 +144,24 @@ def _restride(t, spec: TensorSpec) -> None:
 set_wrapper_data = torch._C.TensorBase.data.__set__
 
 
-def alias_all(t, src) -> None:
+def alias_all(t, src, bits=None) -> None:
     """``t`` (whose wrapper now has ``src``'s storage and geometry) becomes an alias of ``src``:
     ``t.data = src``, ``t.set_(src)``. They share one LazyStorage from here on, so a write through
-    either is seen by the other; aliases of ``t``'s old storage keep theirs, as in eager."""
+    either is seen by the other; aliases of ``t``'s old storage keep theirs, as in eager. ``bits``:
+    the lazy (conjugate, negative) bits ``t`` keeps (``set_`` re-points memory, not the key set)."""
     s = src._storage
-    if s is not None and src._version != s.version:
+    if s is not None and src._seen != s.version:
         _refresh(src)
     s = _storage_of(src)
-    t._node = src._node
-    t._spec = src._spec
+    node, spec = src._node, src._spec
+    if bits is not None and bits != (spec.conj, spec.neg):
+        raw, raw_spec = _bits_off(node, spec)
+        spec = _unflagged(raw_spec, *bits)
+        node = _bits_on(raw, spec)
+    t._node = node
+    t._spec = spec
     t._storage = s
-    t._version = src._version
+    t._seen = src._seen
 
 
 def detach_storage(t) -> None:
@@ -162,14 +171,14 @@ def detach_storage(t) -> None:
         with no_dispatch(), torch.no_grad():
             set_wrapper_data(t, shell)
         t._storage = None
-        t._version = 0
+        t._seen = 0
 
 
 def _storage_of(t) -> LazyStorage:
     s = t._storage
     if s is None:
         s = t._storage = LazyStorage(t._node, t._spec)
-        t._version = 0
+        t._seen = 0
     return s
 
 
@@ -201,17 +210,24 @@ def _bits_on(node: Node, spec: TensorSpec) -> Node:
 
 
 def _flat(root: Node, root_spec: TensorSpec, dtype) -> Node:
-    """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``."""
+    """The whole storage behind ``root``'s value as a 1-d tensor of ``dtype``: as many whole
+    elements of ``dtype`` as the storage holds (a storage an int8 view grew to 33 bytes holds four
+    float64s). Views are re-derived from it with ``as_strided``, which reaches all of the storage."""
     if root_spec.conj or root_spec.neg:
         root, root_spec = _bits_off(root, root_spec)
-    n = root_spec.storage_nbytes // root_spec.dtype.itemsize
-    index = root_spec.index
-    spec = intern_spec((n,), (1,), 0, root_spec.dtype, root_spec.storage_nbytes, index=index)
+    nbytes, index = root_spec.storage_nbytes, root_spec.index
+    rsize = root_spec.dtype.itemsize
+    n = nbytes // rsize
+    spec = intern_spec((n,), (1,), 0, root_spec.dtype, nbytes, index=index)
     node = root if (root_spec is spec) else Node(aten.as_strided.default, (root, (n,), (1,), 0), _EMPTY, spec)
     if dtype is not root_spec.dtype:
-        m = root_spec.storage_nbytes // dtype.itemsize
-        node = Node(aten.view.dtype, (node, dtype), _EMPTY,
-                    intern_spec((m,), (1,), 0, dtype, root_spec.storage_nbytes, index=index))
+        dsize = dtype.itemsize
+        if dsize > rsize and (n * rsize) % dsize:  # view.dtype needs whole elements of the larger dtype
+            n = (n * rsize // dsize) * dsize // rsize
+            node = Node(aten.as_strided.default, (node, (n,), (1,), 0), _EMPTY,
+                        intern_spec((n,), (1,), 0, root_spec.dtype, nbytes, index=index))
+        m = n * rsize // dsize
+        node = Node(aten.view.dtype, (node, dtype), _EMPTY, intern_spec((m,), (1,), 0, dtype, nbytes, index=index))
     return node
 
 
@@ -238,7 +254,7 @@ def _refresh(t) -> None:
             t._node = _bits_on(view, spec)
         else:
             t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
-    t._version = s.version
+    t._seen = s.version
 
 
 def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
@@ -255,7 +271,7 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
             flat = _flat(node, spec, s.root_spec.dtype)
             s.root, s.root_spec = flat, flat.spec
             s.version += 1
-        t._version = s.version
+        t._seen = s.version
         return
     if spec is not old:
         _restride(t, spec)
@@ -275,7 +291,7 @@ def _mutate(t, node: Node, spec: TensorSpec, inplace_view: bool) -> None:
         s.root, s.root_spec = flat, flat.spec
     s.version += 1
     t._node = node
-    t._version = s.version
+    t._seen = s.version
 
 
 def _wrap_out(spec, node, storage, src=None):
@@ -289,5 +305,5 @@ def _wrap_out(spec, node, storage, src=None):
     t._node = node
     t._spec = spec
     t._storage = storage
-    t._version = storage.version
+    t._seen = storage.version
     return t

@@ -202,7 +202,7 @@ def _walk(seq, key, func, floats=True):
         c = a.__class__
         if c is LazyTensor or (c is not int and c is not float and isinstance(a, LazyTensor)):
             s = a._storage
-            if s is not None and a._version != s.version:
+            if s is not None and a._seen != s.version:
                 _refresh(a)
             if a._spec.layout is not _STRIDED:
                 raise _NeedsValues
@@ -280,7 +280,7 @@ def _dispatch(func, args, kwargs, share_storage=True):
             if c is LazyTensor:
                 s = a._storage
                 if s is not None:
-                    if a._version != s.version:
+                    if a._seen != s.version:
                         break
                     if oc.writes and stores is None:
                         stores = [None] * lazies
@@ -342,7 +342,7 @@ def _dispatch(func, args, kwargs, share_storage=True):
                             oc.captured += 1
                             s.root = t._node = Node(func, tuple(nargs), nkw, spec)
                             s.version += 1
-                            t._version = s.version
+                            t._seen = s.version
                             return t
                 elif oc.fresh_tuple:  # native_layer_norm, native_batch_norm: as _capture_general builds them
                     oc.captured += 1
@@ -608,7 +608,7 @@ def value_of(t, local: bool = True) -> torch.Tensor:
     """The real tensor behind a LazyTensor, on the execution device (runs what it needs); with
     ``local`` a value resident on a server is brought to this process."""
     s = t._storage
-    if s is not None and t._version != s.version:
+    if s is not None and t._seen != s.version:
         _refresh(t)
     return _materialize(t._node, local)
 

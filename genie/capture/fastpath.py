@@ -35,14 +35,14 @@ def _fast(oc, a, b):
     elif dispatch.backward_context is not None and _autograd_node() is not None:
         return None  # a custom Function's Python backward: captured in its forward module's context
     s = a._storage
-    if s is not None and a._version != s.version:
+    if s is not None and a._seen != s.version:
         return None
     cb = b.__class__
     if cb is dispatch.LazyTensor:
         if b.requires_grad and _grad_enabled():
             return None
         sb = b._storage
-        if sb is not None and b._version != sb.version:
+        if sb is not None and b._seen != sb.version:
             return None
         key = (oc, a._spec, b._spec)
         nargs = (a._node, b._node)

@@ -19,8 +19,9 @@ _set_multithreading = torch._C._set_multithreading_enabled
 
 class LazyTensor(torch.Tensor):
     # _node: the Node whose value this tensor currently is; _spec: its TensorSpec;
-    # _storage/_version: alias group and the group version _node reflects (None: no aliases).
-    __slots__ = ("_node", "_spec", "_storage", "_version")
+    # _storage/_seen: alias group and the group version _node reflects (None: no aliases); not
+    # "_version", which is torch's version counter (Tensor._version) and must read as eager's.
+    __slots__ = ("_node", "_spec", "_storage", "_seen")
 
     # Capture happens below autograd, at the aten level; no torch-function layer (it costs
     # about 1 us per op and would wrap results of plain tensors).
@@ -77,7 +78,7 @@ class LazyTensor(torch.Tensor):
     def genie_node(self):
         """The graph node this tensor's value comes from (for inspection)."""
         s = self._storage
-        if s is not None and self._version != s.version:
+        if s is not None and self._seen != s.version:
             dispatch._refresh(self)
         return self._node
 

@@ -26,7 +26,7 @@ REAL_KERNEL_METADATA = frozenset({
     "aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c", "aten::_fused_rms_norm",
     "aten::_embedding_bag_forward_only", "aten::_embedding_bag", "aten::native_batch_norm",
     "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training",
-    "aten::native_layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
+    "aten::native_layer_norm", "aten::layer_norm", "aten::_batch_norm_with_update", "aten::nonzero_static",
     "aten::mkldnn_rnn_layer",  # the meta kernel gives the workspace 0 bytes; mkldnn sizes it
     "aten::multilabel_margin_loss_forward",  # meta: loss (1,) for a 1-d input with reduction='none'; CPU: ()
     "prims::signbit",  # meta: the input's dtype; the kernel: bool

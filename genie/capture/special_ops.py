@@ -116,8 +116,8 @@ def _set_to_tensor(func, args, kwargs):
         raise dispatch._device_error(func, source.device)
     with eager_kernels():  # (dtype mismatch: "Could not set tensor of type double to a tensor of type float")
         torch.empty(0, dtype=t.dtype, device="meta").set_(torch.empty(0, dtype=source.dtype, device="meta"))
-    aliasing._share_storage(t, source, source._spec)
-    aliasing.alias_all(t, source)
+    aliasing._share_storage(t, source, source._spec)  # (geometry only: t keeps its key set, bits included)
+    aliasing.alias_all(t, source, bits=(t._spec.conj, t._spec.neg))
     return t
 
 

@@ -37,10 +37,17 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     same_bits = v.is_conj() == spec.conj and v.is_neg() == spec.neg
     if same_bits and v.dtype == spec.dtype and v.stride() == spec.stride and v.storage_offset() == spec.offset \
             and v.untyped_storage().nbytes() >= spec.storage_nbytes:  # same layout: the raw storage is the value
-        raw = v.as_strided((n,), (1,), 0)
-        raw = raw.conj() if v.is_conj() else raw  # logical value of the raw memory
-        raw = raw.neg() if v.is_neg() else raw
-        buf.copy_(raw)
+        if spec.storage_nbytes % itemsize:
+            # a storage a narrower dtype's view grew (an int8 view resized to 33 bytes under a
+            # float64): copy its bytes
+            nbytes = spec.storage_nbytes
+            buf = torch.empty(nbytes, dtype=torch.uint8, device=v.device)
+            buf.copy_(torch.empty(0, dtype=torch.uint8, device=v.device).set_(v.untyped_storage(), 0, (nbytes,), (1,)))
+        else:
+            raw = v.as_strided((n,), (1,), 0)
+            raw = raw.conj() if v.is_conj() else raw  # logical value of the raw memory
+            raw = raw.neg() if v.is_neg() else raw
+            buf.copy_(raw)
         # set_, not as_strided: a view would keep ``buf`` alive as its base, and the buffer would
         # look shared to the in-place buffer reuse (``_stealable``) forever after
         out = torch.empty(0, dtype=spec.dtype, device=v.device).set_(buf.untyped_storage(), spec.offset,
