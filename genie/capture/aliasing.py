@@ -31,7 +31,6 @@ class LazyStorage:
         self.version = 0
 
 
-
 _make_wrapper = torch.Tensor._make_wrapper_subclass
 _STRIDED = torch.strided
 
@@ -98,12 +97,8 @@ def _view_of(src, spec: TensorSpec):
     the cost of a fresh wrapper re-pointed with ``set_``, which only dtype views still need."""
     ss = src._spec
     if spec.dtype is not ss.dtype:
-        t = new_lazy(spec, None)
+        t = new_lazy(spec, None)  # (with the spec's bits, which set_ leaves as they are)
         _share_storage(t, src, spec)
-        if t.is_conj() != spec.conj:
-            torch._C._set_conj(t, spec.conj)
-        if t.is_neg() != spec.neg:
-            torch._C._set_neg(t, spec.neg)
     else:
         pool = _view_guards
         try:
@@ -132,10 +127,15 @@ def _restride(t, spec: TensorSpec) -> None:
             t.as_strided_(spec.shape, spec.stride, spec.offset)
         t._spec = spec
         return
+    _own_storage(t, spec)
+    t._spec = spec
+
+
+def _own_storage(t, spec: TensorSpec) -> None:
+    """Give the wrapper ``t`` ``spec``'s metadata over a storage object of its own."""
     shell = new_lazy(spec, None)  # only its TensorImpl is used: t takes over its metadata and storage
     with no_dispatch(), torch.no_grad():
         set_wrapper_data(t, shell)
-    t._spec = spec
 
 
 # torch's ``Tensor.data`` setter (``set_data``): re-points a wrapper's TensorImpl at another's
@@ -167,9 +167,7 @@ def alias_all(t, src, bits=None) -> None:
 def detach_storage(t) -> None:
     """``t`` gets a storage of its own (``set_()``): aliases of its old storage keep that one."""
     if t._storage is not None:
-        shell = new_lazy(t._spec, None)
-        with no_dispatch(), torch.no_grad():
-            set_wrapper_data(t, shell)
+        _own_storage(t, t._spec)
         t._storage = None
         t._seen = 0
 
@@ -248,12 +246,10 @@ def _refresh(t) -> None:
         if root_spec.conj or root_spec.neg:
             root, root_spec = _bits_off(root, root_spec)
         base = root if spec.dtype is root_spec.dtype else _flat(root, root_spec, spec.dtype)
-        if spec.conj or spec.neg:  # the memory as stored, then the view's bits (see _bits_off)
-            view = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY,
-                        _unflagged(spec))
-            t._node = _bits_on(view, spec)
-        else:
-            t._node = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, spec)
+        # the memory as stored, then the view's own bits (see _bits_off)
+        stored = _unflagged(spec) if spec.conj or spec.neg else spec
+        view = Node(aten.as_strided.default, (base, tuple(spec.shape), spec.stride, spec.offset), _EMPTY, stored)
+        t._node = view if stored is spec else _bits_on(view, spec)
     t._seen = s.version
 
 

@@ -12,7 +12,7 @@ from ..graph.node import _EMPTY, Node, op_name
 from . import aliasing, device_choice, dispatch
 from ._tls import eager_kernels
 from .dispatch import DEVICE_TYPE, FALLTHROUGH, value_of
-from .schema import classify
+from .schema import classify, get_arg
 
 aten = torch.ops.aten
 _dense = torch._prims_common.is_non_overlapping_and_dense_or_false
@@ -111,7 +111,7 @@ def _host_contract(func, args, kwargs):
 def _set_to_tensor(func, args, kwargs):
     """``t.set_(source)``: ``t`` becomes an alias of all of ``source`` (its storage and geometry),
     as ``t.data = source`` does. Eager's own checks run first, on meta stand-ins."""
-    t, source = args[0], kwargs.get("source", args[1] if len(args) > 1 else None)
+    t, source = args[0], get_arg(args, kwargs, 1, func)
     if not isinstance(source, dispatch.LazyTensor):
         raise dispatch._device_error(func, source.device)
     with eager_kernels():  # (dtype mismatch: "Could not set tensor of type double to a tensor of type float")
