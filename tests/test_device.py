@@ -54,11 +54,37 @@ FACTORIES = [
 def test_factories_match_eager(name, make):
     torch.manual_seed(7)
     expected = make()
-    torch.manual_seed(7)
-    lazy = make(device=DEVICE)
-    assert type(lazy) is genie.LazyTensor
-    assert lazy.shape == expected.shape and lazy.dtype == expected.dtype and lazy.stride() == expected.stride()
-    torch.testing.assert_close(host(lazy), expected, rtol=0, atol=0)
+    for _ in range(2):  # the second call is a repeat (factories.py's cache of calls seen before)
+        torch.manual_seed(7)
+        lazy = make(device=DEVICE)
+        assert type(lazy) is genie.LazyTensor
+        assert lazy.shape == expected.shape and lazy.dtype == expected.dtype and lazy.stride() == expected.stride()
+        torch.testing.assert_close(host(lazy), expected, rtol=0, atol=0)
+
+
+# calls whose arguments are equal as Python values but not as factory arguments (True == 1 == 1.0,
+# 0.0 == -0.0), and the default dtype changing between two equal calls
+REPEATS = [
+    lambda **k: [torch.full((2,), v, **k) for v in (True, 1, 1.0, 0.0, -0.0, 1, True)],
+    lambda **k: [torch.arange(n, **k) for n in (3, 3.0, 3)],
+    lambda **k: [torch.zeros(2, **k), torch.zeros((2,), dtype=torch.int32, **k), torch.zeros(2, **k)],
+]
+
+
+@pytest.mark.parametrize("make", REPEATS)
+def test_repeated_factory_calls_keep_their_own_types_and_values(make):
+    for default in (torch.float32, torch.float64, torch.float32):
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(default)
+        try:
+            expected, lazy = make(), make(device=DEVICE)
+        finally:
+            torch.set_default_dtype(saved)
+        for e, la in zip(expected, lazy):
+            assert la.dtype == e.dtype
+            got = host(la)
+            torch.testing.assert_close(got, e, rtol=0, atol=0)
+            assert torch.equal(torch.signbit(got.double()), torch.signbit(e.double()))
 
 
 def test_empty_and_empty_strided_metadata():

@@ -95,3 +95,89 @@ def test_intermediate_held_by_tensor_is_kept():
     inter_id = gone.genie_node.args[0].id
     host(gone)
     assert inter_id not in {n.id for n in genie.get_graph()}  # freed, value and all
+
+
+# Plans are usually taken from the nodes captured since the last read (scheduler._plan_nodes)
+# instead of a walk of the graph. Programs where that list is not the plan: nodes the target
+# does not read, inputs captured before an earlier read, random links read out of order, nodes
+# of other threads. (GENIE_CHECK_PLANS=1, in the nox tests session, compares every plan of the
+# suite with the walk.)
+def _side_branch(x):
+    a = x + 1
+    b = x * 2  # captured before the target, not read by it
+    c = (a - 3).exp()
+    return [c, b]
+
+
+def _inputs_from_before_a_read(x):
+    w = x * 2
+    upd = w + 1  # captured, then left unexecuted by the read of `loss` below
+    loss = (x * 3).sum()
+    first = host(loss)
+    nxt = (upd * x).sum()  # reads `upd`, captured before the last read
+    return [nxt, torch.full_like(x, float(first))]
+
+
+def _dropped_then_needed(x):
+    y = (x + 1) * 2
+    s = y.sum()
+    host(s)  # `x + 1` is dropped (only y's node refers to it), y kept
+    return [y * 3, s]
+
+
+def _random_out_of_order(x):
+    torch.manual_seed(3)
+    a = torch.randn(4, device=x.device)
+    b = torch.rand(4, device=x.device) + x[0]
+    return [b, a]
+
+
+def _two_threads(x):
+    import threading
+    out = {}
+
+    def work(k):
+        z = x
+        for _ in range(50):
+            z = z + k
+        out[k] = z
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in (1, 2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return [out[2], out[1]]
+
+
+@pytest.mark.parametrize("program", [_side_branch, _inputs_from_before_a_read, _dropped_then_needed,
+                                     _random_out_of_order, _two_threads], ids=lambda f: f.__name__[1:])
+def test_values_equal_eager_whichever_nodes_are_pending(program):
+    x = torch.randn(4)
+    torch.manual_seed(0)
+    want = [t.clone() for t in program(x)]
+    torch.manual_seed(0)
+    got = [host(t) for t in program(x.to(DEVICE))]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_an_unread_value_does_not_keep_its_inputs():
+    import weakref
+    big = torch.ones(64, 64, device=DEVICE) * 2
+    genie.materialize(big)
+    unread = big + 1  # captured, never read: its node is pending
+    node = weakref.ref(big.genie_node)
+    del big, unread
+    assert node() is None  # the pending list holds nodes weakly: the value is freed at `del`
+
+
+def test_nodes_past_the_pending_bound_are_found_by_the_walk(monkeypatch):
+    from genie.graph import node as graph_node
+    monkeypatch.setattr(graph_node, "PENDING_LIMIT", 64)
+    x = torch.randn(3)
+    lx = x.to(DEVICE)
+    z, lz = x, lx
+    for k in range(300):  # the oldest links leave the bounded list; the read still runs them all
+        z, lz = z * 1.01 + k, lz * 1.01 + k
+    assert len(graph_node.pending) <= 64
+    torch.testing.assert_close(host(lz), z, rtol=0, atol=0)

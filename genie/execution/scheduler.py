@@ -1,7 +1,10 @@
 """Materialization: find what a value depends on, run it, keep what is still needed.
 
-Only unexecuted ancestors of the requested node are collected (iteratively: 1e6-op chains must
-not recurse). Values produced in a run are kept when something outside the run still refers to
+Only unexecuted ancestors of the requested node are collected. Usually they are the nodes captured
+since the last read, up to the requested one (``graph.node.pending``): taken from that list, checked
+to be closed (every unexecuted input inside) and pruned to what the target reads, which costs a
+third of a walk. Otherwise the graph is walked (iteratively: 1e6-op chains must not recurse).
+Values produced in a run are kept when something outside the run still refers to
 their node (a live LazyTensor, a storage root, a node captured later) and dropped otherwise, as
 soon as their last consumer in the run has executed. Kept nodes are collapsed: their inputs are
 released, so the graph behind a materialized value is freed.
@@ -20,12 +23,21 @@ import operator
 import os
 import sys
 import threading
+import weakref
 from time import perf_counter
 
 import torch
 
 from ..capture.schema import _classes, classify
-from ..graph.node import _EMPTY, Node, TensorSpec, index_of, iter_inputs, keep_structure
+from ..graph.node import (
+    _EMPTY,
+    Node,
+    TensorSpec,
+    index_of,
+    iter_inputs,
+    keep_structure,
+    pending,
+)
 from . import syncs
 from .base import WANT_VALUE
 from .remote.handle import RemoteValue
@@ -154,14 +166,22 @@ class Plan:
     def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
         self.fetched = None  # a remote executor brings the target's value back here when asked
-        nodes = _collect(target)
+        nodes = _plan_nodes(target)
+        occ = None
+        if nodes is not None:
+            try:
+                occ, last = self._index(nodes, fingerprint)
+                if 0 in occ[:-1]:  # not all are the target's inputs (by induction from the last)
+                    nodes = _only_needed(nodes)
+                    occ, last = self._index(nodes, fingerprint)
+            except _NotAPlan:
+                pending[:0] = map(_ref, nodes)  # they stay pending: the walk decides
+        if occ is None:
+            nodes = _collect(target)
+            _untrack(nodes)
+            occ, last = self._index(nodes, fingerprint)
         n = len(nodes)
         self.nodes = nodes
-        if fingerprint and n <= MAX_COMPILED_NODES:
-            occ, last = _encode(self, nodes)
-        else:
-            self.key = self.inputs = self.specs = None
-            occ, last = _count(nodes)
         getref = sys.getrefcount
         # references to a node: getrefcount's argument, the nodes list, and occ[i] arguments of the plan
         kept = [getref(nodes[i]) - 2 > occ[i] or nodes[i].rng is not None for i in range(n)]
@@ -171,6 +191,12 @@ class Plan:
         if self.key is not None:
             self.key.append(tuple(i for i in range(n) if kept[i]))
             self.key = tuple(self.key)
+
+    def _index(self, nodes, fingerprint):
+        if fingerprint and len(nodes) <= MAX_COMPILED_NODES:
+            return _encode(self, nodes)
+        self.key = self.inputs = self.specs = None
+        return _count(nodes)
 
     def finish(self) -> None:
         """Collapse the kept nodes: their values stay, their inputs are released (unless the
@@ -187,6 +213,77 @@ class Plan:
 
 
 _node_id = operator.attrgetter("id")
+
+
+class _NotAPlan(Exception):
+    """The pending nodes the target depends on are not its whole plan: an unexecuted input lies
+    outside them."""
+
+
+def _plan_nodes(target: Node) -> list | None:
+    """The pending nodes up to ``target``, taken out of ``pending``, when ``target`` is pending;
+    else None. The caller checks that they are its plan: each is an input of a later one (else
+    ``_only_needed``), and ``_encode`` and ``_count`` raise ``_NotAPlan`` for an unexecuted input
+    outside them (one captured before the last materialization, or past ``PENDING_LIMIT``)."""
+    p = pending
+    k = len(p) - 1
+    while k >= 0 and p[k]() is not target:  # usually the last, or close to it
+        k -= 1
+    if k < 0:
+        return None
+    nodes = [n for r in p[:k + 1] if (n := r()) is not None and n.value is None]
+    del p[:k + 1]  # (those captured after the target stay: they cannot be its inputs)
+    nodes.sort(key=_node_id)  # capture order is id order, unless threads captured at once
+    if nodes[-1] is not target:
+        p[:0] = map(_ref, nodes)
+        return None
+    return nodes
+
+
+def _only_needed(nodes) -> list:
+    """Of pending ``nodes``, those the target (the last) depends on; the others stay pending."""
+    need = _needed(nodes)
+    pending[:0] = [_ref(n) for n, k in zip(nodes, need) if not k]
+    return [n for n, k in zip(nodes, need) if k]
+
+
+def _needed(nodes) -> list:
+    """Which of ``nodes`` (in order, the target last) the target depends on."""
+    n = len(nodes)
+    pos = {id(x): i for i, x in enumerate(nodes)}
+    need = [False] * n
+    need[-1] = True
+    stack = []
+    for i in range(n - 1, -1, -1):
+        if not need[i]:
+            continue
+        x = nodes[i]
+        stack.append(x.args)
+        if x.kwargs:
+            stack.append(x.kwargs.values())
+        rng = x.rng
+        if rng.__class__ is Node:
+            stack.append((rng,))
+        while stack:
+            for a in stack.pop():
+                c = a.__class__
+                if c is Node:
+                    j = pos.get(id(a))
+                    if j is not None:
+                        need[j] = True
+                elif c is tuple or c is list:
+                    stack.append(a)
+    return need
+
+
+def _untrack(nodes) -> None:
+    """The plan's nodes leave ``pending`` (they run now)."""
+    if pending:
+        ids = set(map(id, nodes))
+        pending[:] = [r for r in pending if id(r()) not in ids]
+
+
+_ref = weakref.ref
 
 
 def _collect(target: Node) -> list:
@@ -250,6 +347,8 @@ def _count(nodes):
                     if j is not None:
                         occ[j] += 1
                         last[j] = i
+                    elif a.value is None:  # an unexecuted input outside the nodes
+                        raise _NotAPlan
                 elif c is tuple or c is list:
                     seqs.append(a)
     return occ, last
@@ -273,7 +372,10 @@ def _encode(plan, nodes):
         if c is Node:
             j = pos.get(id(a))
             if j is None:
-                i_add(a.value)
+                v = a.value
+                if v is None:  # an unexecuted input outside the nodes
+                    raise _NotAPlan
+                i_add(v)
                 s_add(a.spec)
                 return EXT
             occ[j] += 1
@@ -290,7 +392,10 @@ def _encode(plan, nodes):
                         if x.__class__ is Node:
                             j = pos.get(id(x))
                             if j is None:
-                                i_add(x.value)
+                                v = x.value
+                                if v is None:
+                                    raise _NotAPlan
+                                i_add(v)
                                 s_add(x.spec)
                                 out.append(EXT)
                             else:
@@ -323,8 +428,11 @@ def _encode(plan, nodes):
             if c is Node:  # the common arguments, nodes and numbers, inline (``item`` does the same)
                 j = pos.get(id(a))
                 if j is None:
+                    v = a.value
+                    if v is None:
+                        raise _NotAPlan
                     k_add(EXT)
-                    i_add(a.value)
+                    i_add(v)
                     s_add(a.spec)
                 else:
                     k_add(j)
@@ -345,6 +453,8 @@ def _encode(plan, nodes):
             if j is not None:
                 occ[j] += 1
                 last[j] = i
+            elif rng.value is None:
+                raise _NotAPlan
         if n.runtime is not None:
             k_add(ANN)
         k_add(END)
