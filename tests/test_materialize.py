@@ -181,3 +181,16 @@ def test_nodes_past_the_pending_bound_are_found_by_the_walk(monkeypatch):
         z, lz = z * 1.01 + k, lz * 1.01 + k
     assert len(graph_node.pending) <= 64
     torch.testing.assert_close(host(lz), z, rtol=0, atol=0)
+
+
+def test_values_kept_and_never_read_leave_the_pending_lists():
+    from genie.execution import scheduler
+    from genie.graph import node as graph_node
+    x = torch.randn(4, device=DEVICE)
+    unread = []
+    for k in range(50):
+        unread.append(x * k)  # alive, never read: not an input of any later plan
+        torch.testing.assert_close(host(x + k), host(x) + k)
+    # each is passed over by one plan, then no longer tracked: later plans do not look at it
+    assert len(graph_node.pending) + len(scheduler._passed_over) <= 4
+    torch.testing.assert_close(host(unread[7]), host(x) * 7)  # found by the walk

@@ -166,16 +166,21 @@ class Plan:
     def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
         self.fetched = None  # a remote executor brings the target's value back here when asked
-        nodes = _plan_nodes(target)
+        taken = _plan_nodes(target)
         occ = None
-        if nodes is not None:
+        if taken is not None:
+            nodes, old = taken
+            del taken
             try:
+                if _pruning.last:  # the last plan left nodes out: this one likely does too
+                    nodes = _only_needed(nodes, old)
                 occ, last = self._index(nodes, fingerprint)
                 if 0 in occ[:-1]:  # not all are the target's inputs (by induction from the last)
-                    nodes = _only_needed(nodes)
+                    nodes = _only_needed(nodes, old)
                     occ, last = self._index(nodes, fingerprint)
             except _NotAPlan:
                 pending[:0] = map(_ref, nodes)  # they stay pending: the walk decides
+                occ = None
         if occ is None:
             nodes = _collect(target)
             _untrack(nodes)
@@ -220,30 +225,53 @@ class _NotAPlan(Exception):
     outside them."""
 
 
-def _plan_nodes(target: Node) -> list | None:
-    """The pending nodes up to ``target``, taken out of ``pending``, when ``target`` is pending;
-    else None. The caller checks that they are its plan: each is an input of a later one (else
-    ``_only_needed``), and ``_encode`` and ``_count`` raise ``_NotAPlan`` for an unexecuted input
-    outside them (one captured before the last materialization, or past ``PENDING_LIMIT``)."""
-    p = pending
-    k = len(p) - 1
-    while k >= 0 and p[k]() is not target:  # usually the last, or close to it
-        k -= 1
-    if k < 0:
+# Pending nodes a plan left out once (captured before its target, not read by it): they stay
+# listed for one more plan, as a training step's saved activations do until the next step's
+# plan runs them; left out twice, they are no longer tracked (a value kept and never read must
+# not cost every later plan a look).
+_passed_over: list = []
+
+
+class _Pruning:
+    last = False  # whether the last plan from pending nodes left some out: prune before encoding
+
+
+_pruning = _Pruning()
+
+
+def _plan_nodes(target: Node) -> tuple[list, int] | None:
+    """The pending nodes up to ``target``, taken out of the lists, when ``target`` is pending,
+    with how many of them (the first) were passed over before; else None. The caller checks that
+    they are its plan: each is an input of a later one (else ``_only_needed``), and ``_encode``
+    and ``_count`` raise ``_NotAPlan`` for an unexecuted input outside them (one captured before
+    the last read and not listed)."""
+    for p, older in ((pending, _passed_over), (_passed_over, ())):
+        k = len(p) - 1
+        while k >= 0 and p[k]() is not target:  # usually the last, or close to it
+            k -= 1
+        if k >= 0:
+            break
+    else:
         return None
-    nodes = [n for r in p[:k + 1] if (n := r()) is not None and n.value is None]
+    old = [n for r in older if (n := r()) is not None and n.value is None]
+    nodes = old + [n for r in p[:k + 1] if (n := r()) is not None and n.value is None]
     del p[:k + 1]  # (those captured after the target stay: they cannot be its inputs)
+    if older:
+        older.clear()
     nodes.sort(key=_node_id)  # capture order is id order, unless threads captured at once
     if nodes[-1] is not target:
-        p[:0] = map(_ref, nodes)
+        pending[:0] = map(_ref, nodes)
         return None
-    return nodes
+    # (passed-over nodes precede the others: they were captured before the last plan's target)
+    return nodes, len(nodes) if p is _passed_over else len(old)
 
 
-def _only_needed(nodes) -> list:
-    """Of pending ``nodes``, those the target (the last) depends on; the others stay pending."""
+def _only_needed(nodes, old: int) -> list:
+    """Of pending ``nodes``, those the target (the last) depends on. Of the others, those not
+    passed over before (all but the first ``old``) are passed over now."""
     need = _needed(nodes)
-    pending[:0] = [_ref(n) for n, k in zip(nodes, need) if not k]
+    _passed_over[:0] = [_ref(nodes[i]) for i in range(old, len(nodes)) if not need[i]]
+    _pruning.last = not all(need)
     return [n for n, k in zip(nodes, need) if k]
 
 
@@ -277,10 +305,11 @@ def _needed(nodes) -> list:
 
 
 def _untrack(nodes) -> None:
-    """The plan's nodes leave ``pending`` (they run now)."""
-    if pending:
+    """The plan's nodes leave the pending lists (they run now)."""
+    if pending or _passed_over:
         ids = set(map(id, nodes))
-        pending[:] = [r for r in pending if id(r()) not in ids]
+        for p in (pending, _passed_over):
+            p[:] = [r for r in p if id(r()) not in ids]
 
 
 _ref = weakref.ref
