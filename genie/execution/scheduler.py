@@ -1,9 +1,10 @@
 """Materialization: find what a value depends on, run it, keep what is still needed.
 
-Only unexecuted ancestors of the requested node are collected. Usually they are the nodes captured
-since the last read, up to the requested one (``graph.node.pending``): taken from that list, checked
-to be closed (every unexecuted input inside) and pruned to what the target reads, which costs a
-third of a walk. Otherwise the graph is walked (iteratively: 1e6-op chains must not recurse).
+Only unexecuted ancestors of the requested node are collected. Often they are exactly the nodes
+captured since the last read, up to the requested one (``graph.node.pending``: a chain, a forward,
+a decode step), which encoding checks (every unexecuted input inside, every node an input of a
+later one) at a third of the cost of a walk. Otherwise the graph is walked (iteratively: 1e6-op
+chains must not recurse), and the listed nodes it leaves out stay listed for one more plan.
 Values produced in a run are kept when something outside the run still refers to
 their node (a live LazyTensor, a storage root, a node captured later) and dropped otherwise, as
 soon as their last consumer in the run has executed. Kept nodes are collapsed: their inputs are
@@ -166,25 +167,25 @@ class Plan:
     def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
         self.fetched = None  # a remote executor brings the target's value back here when asked
-        taken = _plan_nodes(target)
+        taken = _take_pending(target)
         occ = None
-        if taken is not None:
-            nodes, old = taken
-            del taken
-            try:
-                if _pruning.last:  # the last plan left nodes out: this one likely does too
-                    nodes = _only_needed(nodes, old)
-                occ, last = self._index(nodes, fingerprint)
-                if 0 in occ[:-1]:  # not all are the target's inputs (by induction from the last)
-                    nodes = _only_needed(nodes, old)
+        if taken is not None and not _pruning.last:
+            nodes = _pending_plan(taken, target)
+            if nodes is not None:
+                try:
                     occ, last = self._index(nodes, fingerprint)
-            except _NotAPlan:
-                pending[:0] = map(_ref, nodes)  # they stay pending: the walk decides
-                occ = None
+                    if 0 in occ[:-1]:  # not all are the target's inputs (by induction from the last)
+                        occ = None
+                except _NotAPlan:
+                    occ = None
         if occ is None:
             nodes = _collect(target)
-            _untrack(nodes)
+            if taken is None:
+                _untrack(nodes)
+            else:
+                _pass_over(taken, nodes)
             occ, last = self._index(nodes, fingerprint)
+        del taken
         n = len(nodes)
         self.nodes = nodes
         getref = sys.getrefcount
@@ -221,8 +222,8 @@ _node_id = operator.attrgetter("id")
 
 
 class _NotAPlan(Exception):
-    """The pending nodes the target depends on are not its whole plan: an unexecuted input lies
-    outside them."""
+    """The pending nodes up to the target are not its whole plan: an unexecuted input lies outside
+    them."""
 
 
 # Pending nodes a plan left out once (captured before its target, not read by it): they stay
@@ -233,19 +234,18 @@ _passed_over: list = []
 
 
 class _Pruning:
-    last = False  # whether the last plan from pending nodes left some out: prune before encoding
+    # Whether the last plan left pending nodes out. Then this one likely does too, and the walk
+    # finds it directly: telling what to leave out costs as much as the walk.
+    last = False
 
 
 _pruning = _Pruning()
 
 
-def _plan_nodes(target: Node) -> tuple[list, int] | None:
-    """The pending nodes up to ``target``, taken out of the lists, when ``target`` is pending,
-    with how many of them (the first) were passed over before; else None. The caller checks that
-    they are its plan: each is an input of a later one (else ``_only_needed``), and ``_encode``
-    and ``_count`` raise ``_NotAPlan`` for an unexecuted input outside them (one captured before
-    the last read and not listed)."""
-    for p, older in ((pending, _passed_over), (_passed_over, ())):
+def _take_pending(target: Node) -> tuple[list, list] | None:
+    """The entries of the pending lists up to ``target`` (taken out of them), when ``target`` is
+    listed: (those passed over once, the others). Else None."""
+    for p in (pending, _passed_over):
         k = len(p) - 1
         while k >= 0 and p[k]() is not target:  # usually the last, or close to it
             k -= 1
@@ -253,55 +253,36 @@ def _plan_nodes(target: Node) -> tuple[list, int] | None:
             break
     else:
         return None
-    old = [n for r in older if (n := r()) is not None and n.value is None]
-    nodes = old + [n for r in p[:k + 1] if (n := r()) is not None and n.value is None]
+    taken = p[:k + 1]
     del p[:k + 1]  # (those captured after the target stay: they cannot be its inputs)
-    if older:
-        older.clear()
+    if p is _passed_over:
+        return taken, []
+    old = _passed_over[:]  # all captured before the last plan's target, so before this one
+    _passed_over.clear()
+    return old, taken
+
+
+def _pending_plan(taken, target: Node) -> list | None:
+    """The unexecuted nodes of ``taken`` in id order, when ``target`` is the last of them. The
+    caller checks that they are its plan: each is an input of a later one, and ``_encode`` and
+    ``_count`` raise ``_NotAPlan`` for an unexecuted input outside them (one captured before the
+    last read and no longer listed)."""
+    old, fresh = taken
+    nodes = [n for r in old if (n := r()) is not None and n.value is None]
+    nodes += [n for r in fresh if (n := r()) is not None and n.value is None]
     nodes.sort(key=_node_id)  # capture order is id order, unless threads captured at once
-    if nodes[-1] is not target:
-        pending[:0] = map(_ref, nodes)
-        return None
-    # (passed-over nodes precede the others: they were captured before the last plan's target)
-    return nodes, len(nodes) if p is _passed_over else len(old)
+    return nodes if nodes and nodes[-1] is target else None
 
 
-def _only_needed(nodes, old: int) -> list:
-    """Of pending ``nodes``, those the target (the last) depends on. Of the others, those not
-    passed over before (all but the first ``old``) are passed over now."""
-    need = _needed(nodes)
-    _passed_over[:0] = [_ref(nodes[i]) for i in range(old, len(nodes)) if not need[i]]
-    _pruning.last = not all(need)
-    return [n for n, k in zip(nodes, need) if k]
-
-
-def _needed(nodes) -> list:
-    """Which of ``nodes`` (in order, the target last) the target depends on."""
-    n = len(nodes)
-    pos = {id(x): i for i, x in enumerate(nodes)}
-    need = [False] * n
-    need[-1] = True
-    stack = []
-    for i in range(n - 1, -1, -1):
-        if not need[i]:
-            continue
-        x = nodes[i]
-        stack.append(x.args)
-        if x.kwargs:
-            stack.append(x.kwargs.values())
-        rng = x.rng
-        if rng.__class__ is Node:
-            stack.append((rng,))
-        while stack:
-            for a in stack.pop():
-                c = a.__class__
-                if c is Node:
-                    j = pos.get(id(a))
-                    if j is not None:
-                        need[j] = True
-                elif c is tuple or c is list:
-                    stack.append(a)
-    return need
+def _pass_over(taken, plan) -> None:
+    """The entries ``taken`` for a plan that the plan does not run: passed over, or dropped if
+    they were passed over before."""
+    ids = set(map(id, plan))
+    old, fresh = taken
+    passed = [r for r in fresh if (n := r()) is not None and n.value is None and id(n) not in ids]
+    _passed_over[:0] = passed
+    _pruning.last = bool(passed) or any((n := r()) is not None and n.value is None and id(n) not in ids
+                                        for r in old)
 
 
 def _untrack(nodes) -> None:
