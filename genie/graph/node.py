@@ -35,7 +35,7 @@ _EMPTY: dict = {}
 # scheduler a walk of the graph. Bounded: past the bound the oldest are no longer tracked, and a
 # plan that needs them is found by the walk.
 pending: list = []
-PENDING_LIMIT = 1 << 14
+PENDING_LIMIT = 1 << 13  # (a weak reference each: about 70 bytes while listed)
 _ref = weakref.ref
 
 
