@@ -193,13 +193,25 @@ def _register_out_fixes(lib) -> None:
         lib.impl(name, kernel, "AutogradPrivateUse1")
 
 
+_PRIVATE_USE1 = torch._C._autograd.DeviceType.PrivateUse1
+
+
+class _DeviceGuard(torch._C._acc.DeviceGuard):
+    """The device guard torch's Python-backend setup asks for. The autograd engine calls
+    ``type_`` a few times per backward node (about 400 calls in a small decoder's backward), so
+    it returns a constant (torch's default looks the enum up through three attributes)."""
+
+    def type_(self):
+        return _PRIVATE_USE1
+
+
 def register() -> None:
     global _registered
     if _registered:
         return
     from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
-    _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule())
+    _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule(), device_guard=_DeviceGuard())
     dispatch.DEVICE = dispatch.device_at(0)
     dispatch.current_index = lambda: _current.index
     dispatch.device_count = _DeviceModule.device_count
