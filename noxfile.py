@@ -43,10 +43,9 @@ def tests(session: nox.Session) -> None:
         env={"OMP_NUM_THREADS": "1"},
     )
     # again with every plan structure compiled at first sight: each test's programs then run as
-    # compiled replays (the run above interprets first sightings and compiles repeats); and every
-    # plan checked against a walk of the graph (tests/conftest.py)
+    # compiled replays (the run above interprets first sightings and compiles repeats)
     session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,
-                env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1", "GENIE_CHECK_PLANS": "1"})
+                env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"})
     # and once more with a genie server (a subprocess) as the execution target: every program of
     # the suite then crosses the wire format and runs from resident values
     session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,

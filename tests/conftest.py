@@ -22,21 +22,6 @@ DEVICE = "remote_accelerator"
 REMOTE = os.environ.get("GENIE_TEST_SERVER") == "1"
 
 
-if os.environ.get("GENIE_CHECK_PLANS") == "1":
-    # every plan the suite makes is checked against a walk of the graph: a plan taken from the
-    # pending nodes (scheduler._plan_nodes) must hold exactly the target's unexecuted inputs
-    from genie.execution import scheduler as _scheduler
-
-    _plan_init = _scheduler.Plan.__init__
-
-    def _checked_plan_init(self, target, fingerprint=True):
-        walk = [n.id for n in _scheduler._collect(target)]  # ids only: no reference is held
-        _plan_init(self, target, fingerprint)
-        assert [n.id for n in self.nodes] == walk, f"plan for {target!r} differs from the graph walk"
-
-    _scheduler.Plan.__init__ = _checked_plan_init
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _execution_target():
     if not REMOTE:

@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-from ..graph.node import Node, untrack
+from ..graph.node import Node
 
 DEFAULT_SEED = 67280421310721  # torch's own default CPU seed
 FLUSH_LINKS = int(os.environ.get("GENIE_RNG_FLUSH_LINKS", "1024"))
@@ -47,17 +47,11 @@ def _seed_state(seed):
 _seed_state.__name__ = "manual_seed"
 
 
-def _seed_node(seed: int) -> Node:
-    node = Node(_seed_state, (seed,), {}, None)
-    untrack(node)  # it runs only with the random op after it, never as a plan's own prefix
-    return node
-
-
 class RngChain:
     def __init__(self, index: int = 0):
         self.index = index  # the device whose generator this is (its seed nodes carry no spec)
         self._lock = threading.Lock()
-        self.head = _seed_node(DEFAULT_SEED)
+        self.head = Node(_seed_state, (DEFAULT_SEED,), {}, None)
         self.initial_seed = DEFAULT_SEED
         self.pending = 0  # links captured since the chain last ran
         self.materialize = None  # bound by genie/__init__.py (the scheduler's materialize)
@@ -77,7 +71,7 @@ class RngChain:
     def seed(self, seed: int) -> None:
         with self._lock:
             self.initial_seed = int(seed)
-            self.head = _seed_node(int(seed))
+            self.head = Node(_seed_state, (int(seed),), {}, None)
             self.pending = 0
 
     def set_state(self, state: torch.Tensor) -> None:

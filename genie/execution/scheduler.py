@@ -1,11 +1,7 @@
 """Materialization: find what a value depends on, run it, keep what is still needed.
 
-Only unexecuted ancestors of the requested node are collected. Often they are exactly the nodes
-captured since the last read, up to the requested one (``graph.node.pending``: a chain, a forward,
-a decode step), which encoding checks (every unexecuted input inside, every node an input of a
-later one) at a third of the cost of a walk. Otherwise the graph is walked (iteratively: 1e6-op
-chains must not recurse), and the listed nodes it leaves out stay listed for one more plan.
-Values produced in a run are kept when something outside the run still refers to
+Only unexecuted ancestors of the requested node are collected (iteratively: 1e6-op chains must
+not recurse). Values produced in a run are kept when something outside the run still refers to
 their node (a live LazyTensor, a storage root, a node captured later) and dropped otherwise, as
 soon as their last consumer in the run has executed. Kept nodes are collapsed: their inputs are
 released, so the graph behind a materialized value is freed.
@@ -24,21 +20,12 @@ import operator
 import os
 import sys
 import threading
-import weakref
 from time import perf_counter
 
 import torch
 
 from ..capture.schema import _classes, classify
-from ..graph.node import (
-    _EMPTY,
-    Node,
-    TensorSpec,
-    index_of,
-    iter_inputs,
-    keep_structure,
-    pending,
-)
+from ..graph.node import _EMPTY, Node, TensorSpec, index_of, iter_inputs, keep_structure
 from . import syncs
 from .base import WANT_VALUE
 from .remote.handle import RemoteValue
@@ -167,27 +154,14 @@ class Plan:
     def __init__(self, target: Node, fingerprint: bool = True):
         self.target = target
         self.fetched = None  # a remote executor brings the target's value back here when asked
-        taken = _take_pending(target)
-        occ = None
-        if taken is not None and not _pruning.last:
-            nodes = _pending_plan(taken, target)
-            if nodes is not None:
-                try:
-                    occ, last = self._index(nodes, fingerprint)
-                    if 0 in occ[:-1]:  # not all are the target's inputs (by induction from the last)
-                        occ = None
-                except _NotAPlan:
-                    occ = None
-        if occ is None:
-            nodes = _collect(target)
-            if taken is None:
-                _untrack(nodes)
-            else:
-                _pass_over(taken, nodes)
-            occ, last = self._index(nodes, fingerprint)
-        del taken
+        nodes = _collect(target)
         n = len(nodes)
         self.nodes = nodes
+        if fingerprint and n <= MAX_COMPILED_NODES:
+            occ, last = _encode(self, nodes)
+        else:
+            self.key = self.inputs = self.specs = None
+            occ, last = _count(nodes)
         getref = sys.getrefcount
         # references to a node: getrefcount's argument, the nodes list, and occ[i] arguments of the plan
         kept = [getref(nodes[i]) - 2 > occ[i] or nodes[i].rng is not None for i in range(n)]
@@ -197,12 +171,6 @@ class Plan:
         if self.key is not None:
             self.key.append(tuple(i for i in range(n) if kept[i]))
             self.key = tuple(self.key)
-
-    def _index(self, nodes, fingerprint):
-        if fingerprint and len(nodes) <= MAX_COMPILED_NODES:
-            return _encode(self, nodes)
-        self.key = self.inputs = self.specs = None
-        return _count(nodes)
 
     def finish(self) -> None:
         """Collapse the kept nodes: their values stay, their inputs are released (unless the
@@ -219,81 +187,6 @@ class Plan:
 
 
 _node_id = operator.attrgetter("id")
-
-
-class _NotAPlan(Exception):
-    """The pending nodes up to the target are not its whole plan: an unexecuted input lies outside
-    them."""
-
-
-# Pending nodes a plan left out once (captured before its target, not read by it): they stay
-# listed for one more plan, as a training step's saved activations do until the next step's
-# plan runs them; left out twice, they are no longer tracked (a value kept and never read must
-# not cost every later plan a look).
-_passed_over: list = []
-
-
-class _Pruning:
-    # Whether the last plan left pending nodes out. Then this one likely does too, and the walk
-    # finds it directly: telling what to leave out costs as much as the walk.
-    last = False
-
-
-_pruning = _Pruning()
-
-
-def _take_pending(target: Node) -> tuple[list, list] | None:
-    """The entries of the pending lists up to ``target`` (taken out of them), when ``target`` is
-    listed: (those passed over once, the others). Else None."""
-    for p in (pending, _passed_over):
-        k = len(p) - 1
-        while k >= 0 and p[k]() is not target:  # usually the last, or close to it
-            k -= 1
-        if k >= 0:
-            break
-    else:
-        return None
-    taken = p[:k + 1]
-    del p[:k + 1]  # (those captured after the target stay: they cannot be its inputs)
-    if p is _passed_over:
-        return taken, []
-    old = _passed_over[:]  # all captured before the last plan's target, so before this one
-    _passed_over.clear()
-    return old, taken
-
-
-def _pending_plan(taken, target: Node) -> list | None:
-    """The unexecuted nodes of ``taken`` in id order, when ``target`` is the last of them. The
-    caller checks that they are its plan: each is an input of a later one, and ``_encode`` and
-    ``_count`` raise ``_NotAPlan`` for an unexecuted input outside them (one captured before the
-    last read and no longer listed)."""
-    old, fresh = taken
-    nodes = [n for r in old if (n := r()) is not None and n.value is None]
-    nodes += [n for r in fresh if (n := r()) is not None and n.value is None]
-    nodes.sort(key=_node_id)  # capture order is id order, unless threads captured at once
-    return nodes if nodes and nodes[-1] is target else None
-
-
-def _pass_over(taken, plan) -> None:
-    """The entries ``taken`` for a plan that the plan does not run: passed over, or dropped if
-    they were passed over before."""
-    ids = set(map(id, plan))
-    old, fresh = taken
-    passed = [r for r in fresh if (n := r()) is not None and n.value is None and id(n) not in ids]
-    _passed_over[:0] = passed
-    _pruning.last = bool(passed) or any((n := r()) is not None and n.value is None and id(n) not in ids
-                                        for r in old)
-
-
-def _untrack(nodes) -> None:
-    """The plan's nodes leave the pending lists (they run now)."""
-    if pending or _passed_over:
-        ids = set(map(id, nodes))
-        for p in (pending, _passed_over):
-            p[:] = [r for r in p if id(r()) not in ids]
-
-
-_ref = weakref.ref
 
 
 def _collect(target: Node) -> list:
@@ -357,8 +250,6 @@ def _count(nodes):
                     if j is not None:
                         occ[j] += 1
                         last[j] = i
-                    elif a.value is None:  # an unexecuted input outside the nodes
-                        raise _NotAPlan
                 elif c is tuple or c is list:
                     seqs.append(a)
     return occ, last
@@ -382,10 +273,7 @@ def _encode(plan, nodes):
         if c is Node:
             j = pos.get(id(a))
             if j is None:
-                v = a.value
-                if v is None:  # an unexecuted input outside the nodes
-                    raise _NotAPlan
-                i_add(v)
+                i_add(a.value)
                 s_add(a.spec)
                 return EXT
             occ[j] += 1
@@ -402,10 +290,7 @@ def _encode(plan, nodes):
                         if x.__class__ is Node:
                             j = pos.get(id(x))
                             if j is None:
-                                v = x.value
-                                if v is None:
-                                    raise _NotAPlan
-                                i_add(v)
+                                i_add(x.value)
                                 s_add(x.spec)
                                 out.append(EXT)
                             else:
@@ -438,11 +323,8 @@ def _encode(plan, nodes):
             if c is Node:  # the common arguments, nodes and numbers, inline (``item`` does the same)
                 j = pos.get(id(a))
                 if j is None:
-                    v = a.value
-                    if v is None:
-                        raise _NotAPlan
                     k_add(EXT)
-                    i_add(v)
+                    i_add(a.value)
                     s_add(a.spec)
                 else:
                     k_add(j)
@@ -463,8 +345,6 @@ def _encode(plan, nodes):
             if j is not None:
                 occ[j] += 1
                 last[j] = i
-            elif rng.value is None:
-                raise _NotAPlan
         if n.runtime is not None:
             k_add(ANN)
         k_add(END)

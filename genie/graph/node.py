@@ -9,8 +9,6 @@ Invariants (stated once, relied on everywhere):
   *collapsed*: its inputs are released so the graph upstream can be freed; ``op`` and ``spec``
   stay for inspection. A node whose value was dropped keeps its inputs, so it can be recomputed.
 - Values are never mutated after they are stored: in-place ops execute on a copy.
-- ``pending`` lists (weakly, in capture order) the nodes captured without a value since the last
-  read: a hint for the scheduler, never a reference that keeps a node or a value alive.
 - ``runtime`` holds what execution must know beyond the call (grad mode, default dtype, reads of
   written memory) and is part of the plan fingerprint; ``ctx`` and ``notes`` hold meaning
   (module, phase, residency, user notes) and never change what runs.
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import weakref
 from typing import Any
 
 import torch
@@ -28,34 +25,6 @@ import torch
 _ids = itertools.count()
 
 _EMPTY: dict = {}
-
-# Nodes captured without a value since the last materialization, in capture order, as weak
-# references (a node nobody else refers to is freed as it always was). A plan is usually a
-# prefix of them (a chain, a forward, a decode step: see scheduler._plan_nodes), which spares the
-# scheduler a walk of the graph. Bounded: past the bound the oldest are no longer tracked, and a
-# plan that needs them is found by the walk.
-pending: list = []
-PENDING_LIMIT = 1 << 13  # (a weak reference each: about 70 bytes while listed)
-_ref = weakref.ref
-
-
-def _sweep_pending() -> None:
-    """Drop the pending entries whose node is gone or executed."""
-    pending[:] = [r for r in pending if (n := r()) is not None and n.value is None]
-
-
-def untrack(node) -> None:
-    """Take a node that no plan runs as a prefix out of ``pending`` (a generator seed: it runs only
-    as the input of a random op captured later)."""
-    if pending and pending[-1]() is node:
-        pending.pop()
-
-
-def _pending_overflow() -> None:
-    _sweep_pending()
-    if len(pending) > PENDING_LIMIT // 2:
-        # no longer tracked: a plan that needs them finds them by walking the graph
-        del pending[:len(pending) - PENDING_LIMIT // 2]
 
 
 class _Scope(threading.local):
@@ -172,7 +141,7 @@ class Node:
     """One captured call of ``target`` (an OpOverload, or a genie helper such as ``getitem``). ``spec`` is a TensorSpec, or a tuple of them (None for non-tensor
     outputs) for multi-output nodes, whose consumers go through ``getitem`` nodes."""
 
-    __slots__ = ("target", "args", "kwargs", "spec", "value", "rng", "runtime", "ctx", "notes", "id", "__weakref__")
+    __slots__ = ("target", "args", "kwargs", "spec", "value", "rng", "runtime", "ctx", "notes", "id")
 
     def __init__(self, target, args, kwargs, spec, value=None, rng=None):
         self.target = target
@@ -185,11 +154,6 @@ class Node:
         self.ctx = scope.ctx
         self.notes = None
         self.id = next(_ids)
-        if value is None:
-            p = pending
-            p.append(_ref(self))
-            if len(p) > PENDING_LIMIT:
-                _pending_overflow()
 
     @property
     def op(self) -> str:
