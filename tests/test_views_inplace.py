@@ -196,6 +196,42 @@ def test_foreach_inplace():
     assert genie.capture_stats()["total_fallback"] == 0 or "aten::_foreach_add_" not in genie.capture_stats()["fallback"]
 
 
+# layouts a written list meets (made on each device): the copy a write goes to is laid out exactly
+# as each source was
+LIST_LAYOUTS = {
+    "contiguous": lambda d: torch.arange(6.0, device=d).reshape(2, 3),
+    "transposed": lambda d: torch.arange(6.0, device=d).reshape(2, 3).t(),
+    "permuted 3-d": lambda d: torch.arange(24.0, device=d).reshape(2, 3, 4).permute(2, 0, 1),
+    "size-1 dims": lambda d: torch.arange(6.0, device=d).reshape(1, 6, 1),
+    "size-1 dim, odd stride": lambda d: torch.arange(6.0, device=d).reshape(6, 1).as_strided((6, 1), (1, 5)),
+    "offset slice": lambda d: torch.arange(10.0, device=d)[3:7],
+    "strided slice": lambda d: torch.arange(10.0, device=d)[::3],
+    "empty": lambda d: torch.zeros(0, 3, device=d),
+    "scalar": lambda d: torch.tensor(2.5, device=d),
+}
+
+
+def test_list_writes_keep_every_layout_and_value_on_replay():
+    """An optimizer-style step (foreach writes over a list, with the list read before and after)
+    equals eager for every layout, on its first, compiled and replayed runs, with or without a
+    view of each element alive (which keeps the write from reusing the element's buffer)."""
+    def step(xs, ys):
+        torch._foreach_mul_(xs, 0.5)
+        torch._foreach_add_(xs, ys, alpha=2.0)
+        torch._foreach_lerp_(xs, ys, 0.25)
+        return [x.sum() for x in xs]
+
+    for keep_view in (False, True):
+        for _ in range(3):
+            xs, lxs = ([make(d) for make in LIST_LAYOUTS.values()] for d in ("cpu", DEVICE))
+            ys, lys = ([torch.ones_like(x) / 3 for x in a] for a in (xs, lxs))
+            views, lviews = ([x[None] for x in a] if keep_view else [] for a in (xs, lxs))
+            for lazy, eager in zip(step(lxs, lys), step(xs, ys)):
+                assert_same(lazy, eager)
+            for lazy, eager in zip(lxs + lviews, xs + views):
+                assert_same(lazy, eager)
+
+
 def test_partial_overlap_between_input_and_written_tensor_is_rejected_like_eager():
     for dev in ("cpu", DEVICE):
         x = torch.arange(4.0).to(dev)

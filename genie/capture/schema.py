@@ -17,7 +17,7 @@ Tag = torch.Tag
 class OpClass:
     __slots__ = ("func", "mutated", "returns", "has_view", "random", "dynamic", "inplace_view", "scalar_out",
                  "writes", "composite", "plain", "special",
-                 "simple_inplace", "single_view", "view_list", "fresh_tuple", "grad_mode", "hot", "captured", "eager", "fallback",
+                 "simple_inplace", "list_inplace", "single_view", "view_list", "fresh_tuple", "grad_mode", "hot", "captured", "eager", "fallback",
                  "floats")
 
     def __init__(self, func):
@@ -91,6 +91,10 @@ class OpClass:
         # x.add_(y): writes its first argument only and returns it
         self.simple_inplace = self.mutated == [(0, False)] and self.returns == [("alias", 0)] and not (
             self.composite or self.dynamic or self.random or self.inplace_view)
+        # _foreach_mul_(xs, 0.9): writes the tensors of its first argument, a list, and returns nothing
+        # (an optimizer step's state updates; execution.local gives them a path of their own)
+        self.list_inplace = self.mutated == [(0, True)] and not self.returns and not (
+            self.composite or self.dynamic or self.random or self.inplace_view or self.grad_mode)
         # taken by dispatch.torch_dispatch's hot path (special ops have handlers of their own)
         self.hot = self.plain or self.single_view or self.view_list or self.fresh_tuple or (self.simple_inplace and not self.grad_mode)
         # whether the signature holds the value of a Python float argument, or only its class

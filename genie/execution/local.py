@@ -31,6 +31,11 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     is how a write through a view becomes the storage's new root (see dispatch._mutate), and it
     also works for views that overlap themselves (expand), which an elementwise copy cannot fill.
     """
+    if v.dtype == spec.dtype and _covers_storage(spec):
+        # the value is its whole storage, densely: a copy of its elements is a copy of the storage
+        out = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=v.device)
+        out.copy_(v)
+        return out
     itemsize = spec.dtype.itemsize
     n = (spec.storage_nbytes + itemsize - 1) // itemsize
     buf = torch.empty(n, dtype=spec.dtype, device=v.device)
@@ -63,6 +68,35 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     if spec.neg:
         torch._C._set_neg(out, True)
     return out
+
+
+_covering: dict = {}  # spec -> _covers_storage(spec) (specs are interned and never freed)
+
+
+def _covers_storage(spec: TensorSpec) -> bool:
+    """Does a value laid out as ``spec`` cover its whole storage, each byte once (a plain strided
+    tensor, no lazy bits, at offset 0, non-overlapping and dense, in a storage of exactly its
+    elements)? Then ``empty_strided`` gives a storage of exactly ``spec.storage_nbytes``."""
+    covers = _covering.get(spec)
+    if covers is None:
+        covers = False
+        if spec.layout == torch.strided and not (spec.conj or spec.neg) and spec.offset == 0:
+            numel = 1
+            for d in spec.shape:
+                numel *= d
+            if numel and numel * spec.dtype.itemsize == spec.storage_nbytes:
+                # dense: ordered by stride, each dimension's stride is the product of the sizes
+                # inside it (dimensions of size 1 may have any stride)
+                expected = 1
+                covers = True
+                for size, stride in sorted(((d, st) for d, st in zip(spec.shape, spec.stride) if d != 1),
+                                           key=lambda p: p[1]):
+                    if stride != expected:
+                        covers = False
+                        break
+                    expected *= size
+        _covering[spec] = covers
+    return covers
 
 
 _NO_ANNOTATIONS: dict = {}
@@ -138,8 +172,14 @@ class LocalExecutor(Executor):
             node.rng = gen.get_state()
             return True
         oc = classify(op)
+        listed = False
         if oc.writes:
-            args, kwargs, written, laid_out = self._prepare_writes(node, oc, args, kwargs, steal)
+            if oc.list_inplace and node.runtime is None and node.args and node.spec.__class__ is tuple \
+                    and op not in self._supplements:
+                args, written = self._prepare_list_write(node, oc, args, steal)
+                listed = True
+            else:
+                args, kwargs, written, laid_out = self._prepare_writes(node, oc, args, kwargs, steal)
         try:
             if oc.random:
                 out = self._run_random(node, op, args, kwargs)
@@ -155,6 +195,12 @@ class LocalExecutor(Executor):
             err._genie_formatted = True
             raise err from e
         spec = node.spec
+        if listed:
+            # each written tensor keeps its source's layout (a copy is laid out as the source's spec,
+            # a reused buffer has it by the invariant): checked by identity of the interned specs
+            srcs = node.args[0]
+            return tuple(v if s.__class__ is Node and s.spec is sp else self._conform(node, v, sp)
+                         for v, s, sp in zip(written, srcs, spec))
         if oc.writes:
             flat = written + _flatten_returns(out, oc, keep_alias=False)
             # a written value already laid out as its output spec needs no check (an optimizer's
@@ -206,6 +252,29 @@ class LocalExecutor(Executor):
             gen.set_state(saved)
         prev.rng = SPENT  # only this link started from that state (the chain is a line)
         return out
+
+    def _prepare_list_write(self, node, oc, args, steal):
+        """``_prepare_writes`` for an op writing the tensors of its first argument, a list, with no
+        annotations (``oc.list_inplace``, ``node.runtime`` None: no written memory is shared or read
+        elsewhere in the call): the arguments with that list replaced by the buffers the writes go to,
+        and those buffers. An optimizer step is a few of these over every parameter, every step."""
+        srcs = node.args[0]
+        values = args[0]
+        modes = steal if steal.__class__ is tuple else ()
+        n_modes = len(modes)
+        written = []
+        for k in range(len(values)):
+            # indexed, not zipped: a zip's reused result tuple would hold one more reference to
+            # each node than _stealable's count allows
+            v, s = values[k], srcs[k]
+            if k < n_modes and modes[k] and _stealable(modes[k], s, v):
+                self.steals += 1
+            else:
+                v = self._writable(v, s, oc)
+            written.append(v)
+        args = list(args)
+        args[0] = written
+        return args, written
 
     def _prepare_writes(self, node, oc, args, kwargs, steal=0):
         """The arguments with each written tensor replaced by the buffer the write goes to (a copy,
