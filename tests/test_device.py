@@ -129,6 +129,33 @@ def test_to_and_from_device():
     assert torch.equal(host(lx), back)
 
 
+# values read to the host as Python lists: tolist answers from the value, as eager's does
+TOLISTS = {
+    "float matrix": lambda d: torch.arange(6.0, device=d).reshape(2, 3) / 3,
+    "0-d int": lambda d: torch.tensor(7, device=d),
+    "empty": lambda d: torch.zeros(0, 2, device=d),
+    "bool": lambda d: torch.arange(4, device=d) > 1,
+    "bfloat16": lambda d: torch.arange(3.0, device=d).to(torch.bfloat16) / 3,
+    "offset view": lambda d: torch.arange(10, device=d)[3:9:2],
+    "transposed": lambda d: torch.arange(6, device=d).reshape(2, 3).t(),
+    "conj view": lambda d: (torch.arange(3.0, device=d) * (1 + 2j)).conj(),
+    "neg view": lambda d: (torch.arange(3.0, device=d) * (1 + 2j)).conj().imag,
+    "requires grad": lambda d: (torch.ones(2, device=d, requires_grad=True) * 3),
+    "written after a read": lambda d: (lambda t: (t.tolist(), t.mul_(2))[1])(torch.arange(3, device=d)),
+    "argmax of a chain": lambda d: (torch.arange(12.0, device=d).reshape(3, 4).sin() + 1).argmax(-1, keepdim=True),
+}
+
+
+@pytest.mark.parametrize("make", TOLISTS.values(), ids=list(TOLISTS))
+def test_tolist_matches_eager(make):
+    got, expected = make(DEVICE).tolist(), make("cpu").tolist()
+    assert got == expected
+
+    def types(x):
+        return [types(v) for v in x] if isinstance(x, list) else type(x)
+    assert types(got) == types(expected)
+
+
 def test_module_to_device():
     torch.manual_seed(0)
     m = torch.nn.Linear(3, 2)
