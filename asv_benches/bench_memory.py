@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import os
 import subprocess
@@ -150,9 +151,13 @@ def in_fresh_process(benchmark: str, timeout: float = 600) -> float:
     low in a process that has freed memory before (the new objects reuse those pages: a bare
     wrapper measured after the capture benchmarks read 49 bytes), so the summary, which runs
     everything in one process, measures resident bytes this way, as asv's own runs do."""
-    cls, method = benchmark.split(".")
-    code = f"from asv_benches.bench_memory import {cls}; print(repr({cls}().{method}()))"
+    if "." in benchmark:
+        cls, method = benchmark.split(".")
+        code = f"from asv_benches.bench_memory import {cls}; print(repr({cls}().{method}()))"
+    else:  # a function of this module returning a tuple of numbers
+        code = f"from asv_benches.bench_memory import {benchmark}; print(repr({benchmark}()))"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where asv_benches imports from
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True,
                          cwd=root)
-    return float(out.stdout.strip().splitlines()[-1])
+    result = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    return tuple(float(x) for x in result) if isinstance(result, tuple) else float(result)

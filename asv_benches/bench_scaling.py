@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 
 import torch
@@ -20,6 +21,13 @@ def _chain(n: int):
     t2 = time.perf_counter()
     assert y.cpu()[0].item() == n
     return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+
+
+def capture_flatness(small: int = 1_000, large: int = 1_000_000) -> tuple[float, float]:
+    """Per-op capture (us) of a ``small`` and a ``large`` chain: medians of as many chains as make
+    30,000 ops (one of the large), so that the small figure is not one noisy millisecond."""
+    _chain(200)
+    return tuple(statistics.median(_chain(n)[0] for _ in range(max(1, 30_000 // n))) for n in (small, large))
 
 
 class ChainScaling:

@@ -25,12 +25,27 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
                                                repeat=3 if quick else 9)
         target = "<= 1.0x" if name in ("add", "relu_mm") else "<= 2.0x"
         rows.append((f"capture {name} (eager {eager:.2f} us, lazy {lazy:.2f} us)", ratio, "x eager", target))
+    from .profile_capture import measure
+    # the dispatcher floor (a bare wrapper subclass that only returns a wrapper) beside genie, in the
+    # same interleaved rounds: what any Python device pays per op before doing any work
+    for name, e, floor, g in measure(rounds=3 if quick else 7, number=300 if quick else 2000):
+        if floor is not None:
+            rows.append((f"dispatcher floor for {name}, beside genie's {g / e:.2f}x in the same rounds "
+                         f"(eager {e:.2f} us, floor {floor:.2f} us, genie {g:.2f} us)", floor / e, "x eager", "-"))
+    if not quick:
+        from .bench_scaling import capture_flatness
+        small, large = capture_flatness()
+        rows.append((f"capture per op at 1e6 live nodes over 1e3 (chain of adds: {small:.2f} us, {large:.2f} us)",
+                     large / small, "x", "<= 1.2x"))
     rows.append(("bytes per captured node (100k chain, RSS)", in_fresh_process("BytesPerNode.track_bytes_per_node"),
                  "bytes", "<= 500"))
     rows.append(("bytes per live captured node with its LazyTensor (RSS)",
                  in_fresh_process("BytesPerLiveTensor.track_bytes_per_live_tensor_node"), "bytes", "<= 500"))
     rows.append(("floor: bytes per live bare wrapper subclass, no node (RSS)",
                  in_fresh_process("BytesPerBareWrapper.track_bytes_per_bare_wrapper"), "bytes", "-"))
+    per_iteration, nodes = in_fresh_process("random_loop")
+    rows.append((f"random tensors made and dropped unread: resident bytes per iteration (200k iterations; "
+                 f"{nodes:.0f} graph nodes left)", per_iteration, "bytes", "flat (~0)"))
     from .bench_replay import (
         ZOO,
         chain_materialize,
