@@ -30,8 +30,9 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
     # same interleaved rounds: what any Python device pays per op before doing any work
     for name, e, floor, g in measure(rounds=3 if quick else 7, number=300 if quick else 2000):
         if floor is not None:
-            rows.append((f"dispatcher floor for {name}, beside genie's {g / e:.2f}x in the same rounds "
-                         f"(eager {e:.2f} us, floor {floor:.2f} us, genie {g:.2f} us)", floor / e, "x eager", "-"))
+            label = (f"dispatcher floor for {name}, beside genie's {g / e:.2f}x in the same rounds "
+                     f"(eager {e:.2f} us, floor {floor:.2f} us, genie {g:.2f} us)")
+            rows.append((label, floor / e, "x eager", "-"))
     if not quick:
         from .bench_scaling import capture_flatness
         small, large = capture_flatness()
@@ -44,8 +45,8 @@ def headline(quick: bool = False) -> list[tuple[str, float, str, str]]:
     rows.append(("floor: bytes per live bare wrapper subclass, no node (RSS)",
                  in_fresh_process("BytesPerBareWrapper.track_bytes_per_bare_wrapper"), "bytes", "-"))
     per_iteration, nodes = in_fresh_process("random_loop")
-    rows.append((f"random tensors made and dropped unread: resident bytes per iteration (200k iterations; "
-                 f"{nodes:.0f} graph nodes left)", per_iteration, "bytes", "flat (~0)"))
+    label = f"random tensors made and dropped unread: resident bytes per iteration (200k; {nodes:.0f} graph nodes left)"
+    rows.append((label, per_iteration, "bytes", "flat (~0)"))
     from .bench_replay import (
         ZOO,
         chain_materialize,
