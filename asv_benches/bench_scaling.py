@@ -23,11 +23,22 @@ def _chain(n: int):
     return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
 
 
-def capture_flatness(small: int = 1_000, large: int = 1_000_000) -> tuple[float, float]:
-    """Per-op capture (us) of a ``small`` and a ``large`` chain: medians of as many chains as make
-    30,000 ops (one of the large), so that the small figure is not one noisy millisecond."""
+def capture_flatness(small: int = 1_000, large: int = 1_000_000) -> tuple[float, float, float, float]:
+    """Per-op capture (us) of a ``small`` and a ``large`` chain, then the same with the cyclic GC
+    off (the collector's passes over the live nodes, told apart from genie's own cost): medians of
+    as many chains as make 30,000 ops (one of the large), so that the small figure is not one
+    noisy millisecond."""
     _chain(200)
-    return tuple(statistics.median(_chain(n)[0] for _ in range(max(1, 30_000 // n))) for n in (small, large))
+    sizes = (small, large)
+    on = [statistics.median(_chain(n)[0] for _ in range(max(1, 30_000 // n))) for n in sizes]
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        off = [statistics.median(_chain(n)[0] for _ in range(max(1, 30_000 // n))) for n in sizes]
+    finally:
+        if was:
+            gc.enable()
+    return on[0], on[1], off[0], off[1]
 
 
 class ChainScaling:
