@@ -146,8 +146,9 @@ class RandomLoop:
     track_random_loop_graph_nodes.unit = "nodes"
 
 
-def in_fresh_process(benchmark: str, timeout: float = 600) -> float:
-    """``Class.track_method`` of this module measured in a new interpreter. An RSS delta reads
+def in_fresh_process(benchmark: str, timeout: float = 600) -> float | tuple[float, ...]:
+    """``Class.track_method`` of this module (a number), or a function of it (a tuple of numbers),
+    measured in a new interpreter. An RSS delta reads
     low in a process that has freed memory before (the new objects reuse those pages: a bare
     wrapper measured after the capture benchmarks read 49 bytes), so the summary, which runs
     everything in one process, measures resident bytes this way, as asv's own runs do."""

@@ -70,6 +70,7 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     return out
 
 
+_non_overlapping_and_dense = torch._prims_common._is_non_overlapping_and_dense_or_false
 _covering: dict = {}  # spec -> _covers_storage(spec) (specs are interned and never freed)
 
 
@@ -81,20 +82,9 @@ def _covers_storage(spec: TensorSpec) -> bool:
     if covers is None:
         covers = False
         if spec.layout == torch.strided and not (spec.conj or spec.neg) and spec.offset == 0:
-            numel = 1
-            for d in spec.shape:
-                numel *= d
-            if numel and numel * spec.dtype.itemsize == spec.storage_nbytes:
-                # dense: ordered by stride, each dimension's stride is the product of the sizes
-                # inside it (dimensions of size 1 may have any stride)
-                expected = 1
-                covers = True
-                for size, stride in sorted(((d, st) for d, st in zip(spec.shape, spec.stride) if d != 1),
-                                           key=lambda p: p[1]):
-                    if stride != expected:
-                        covers = False
-                        break
-                    expected *= size
+            numel = spec.shape.numel()
+            covers = bool(numel) and numel * spec.dtype.itemsize == spec.storage_nbytes \
+                and _non_overlapping_and_dense(spec.shape, spec.stride)
         _covering[spec] = covers
     return covers
 
