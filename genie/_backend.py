@@ -46,8 +46,33 @@ def _index(device) -> int:
     return dispatch.check_index(index)
 
 
+class _DeviceContext:
+    """``torch.remote_accelerator.device(i)``: makes device ``i`` current inside the block, as
+    ``torch.cuda.device`` does (``torch.utils.checkpoint`` stashes each device's RNG state in one)."""
+
+    def __init__(self, device):
+        self.index = None if device is None or (isinstance(device, int) and device < 0) else _index(device)
+        self.previous = None
+
+    def __enter__(self):
+        self.previous = _current.index
+        if self.index is not None:
+            _current.index = self.index
+        return self
+
+    def __exit__(self, *exc):
+        _current.index = self.previous
+        return False
+
+
 class _DeviceModule:
     """``torch.remote_accelerator``: what torch expects of an accelerator's device module."""
+
+    # torch.utils.checkpoint stashes and restores a device's RNG state only where the device
+    # module says it is initialized (``getattr(module, "_initialized", False)``): without it the
+    # recomputed forward draws other dropout masks than the first forward did.
+    _initialized = True
+    device = _DeviceContext
 
     @staticmethod
     def is_available() -> bool:

@@ -41,6 +41,8 @@ def test_one_value_however_often_read():
     torch.manual_seed(0)
     x = torch.randn(5, device=DEVICE)
     first = host(x)
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.randn(5))  # eager's draw under the same seed
     torch.manual_seed(1)  # re-seeding later changes nothing already captured
     torch.randn(5, device=DEVICE)
     assert torch.equal(host(x), first)
@@ -52,7 +54,9 @@ def test_reseed_between_capture_and_read():
     a = torch.rand(4, device=DEVICE)
     torch.manual_seed(3)
     b = torch.rand(4, device=DEVICE)
-    assert torch.equal(host(b), host(a))
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    assert torch.equal(host(b), expected) and torch.equal(host(a), expected)
 
 
 def test_random_op_on_lazy_input():

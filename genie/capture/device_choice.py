@@ -143,6 +143,38 @@ def _trace(func, flat, shape, n_args, names, device, remote):
     return _Trace(gm, lazy_positions, tuple(out_shape))
 
 
+_TRACE_TIMEOUT_S = 600.0
+
+
+def _isolated(trace, *args):
+    """``trace(*args)`` on a thread of its own, under the caller's grad mode and nothing else of
+    its thread-local state. The trace runs autograd on fake tensors, and whatever watches the
+    caller's thread would see it: ``torch.utils.checkpoint`` counts the tensors autograd saves
+    (saved-tensor hooks) and logs the ops (dispatch modes), so a trace made in a checkpointed
+    forward and reused by its recomputation made the two disagree ("a different number of
+    tensors was saved"). Traces are cached per signature, so this costs one thread per trace."""
+    grad = torch.is_grad_enabled()
+    outcome: list = []
+
+    def body():
+        try:
+            with torch.set_grad_enabled(grad):
+                outcome.append((True, trace(*args)))
+        except BaseException as e:  # re-raised on the caller's thread
+            outcome.append((False, e))
+
+    worker = threading.Thread(target=body, name="genie-device-choice-trace", daemon=True)
+    worker.start()
+    worker.join(_TRACE_TIMEOUT_S)
+    if not outcome:
+        raise RuntimeError(f"genie: tracing {args[0]} for the execution device did not finish in "
+                           f"{_TRACE_TIMEOUT_S:.0f} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def run(func, args, kwargs):
     """``func(*args, **kwargs)`` on LazyTensors, as eager on the execution device would run it."""
     from .. import config
@@ -162,7 +194,8 @@ def run(func, args, kwargs):
         trace = _traces.get(coarse)
     if trace is None:
         try:
-            trace = _trace(func, flat, shape, len(args), names, config.execution_device(), dispatch.device_at(index))
+            trace = _isolated(_trace, func, flat, shape, len(args), names, config.execution_device(),
+                              dispatch.device_at(index))
         except UnsupportedOperatorException:
             # the fake kernels cannot trace it: the op's own decomposition, on the device
             return func.decompose(*args, **kwargs)

@@ -22,6 +22,7 @@ import threading
 
 import torch
 
+from .. import config
 from ..graph.node import Node
 
 DEFAULT_SEED = 67280421310721  # torch's own default CPU seed
@@ -55,6 +56,7 @@ class RngChain:
         self.initial_seed = DEFAULT_SEED
         self.pending = 0  # links captured since the chain last ran
         self.materialize = None  # bound by genie/__init__.py (the scheduler's materialize)
+        self.state_numel = -1  # the size of the states get_state has handed out
 
     def link(self, node: Node) -> None:
         """Append a random node to the chain (called at capture)."""
@@ -75,6 +77,7 @@ class RngChain:
             self.pending = 0
 
     def set_state(self, state: torch.Tensor) -> None:
+        self._check(state)
         with self._lock:
             node = Node(_seed_state, (None,), {}, None)
             node.rng = state.clone()
@@ -88,7 +91,17 @@ class RngChain:
         state = head.rng
         if state.__class__ is not torch.Tensor:  # resident on a server
             state = state.fetch()
+        self.state_numel = state.numel()
         return state.clone()
+
+    def _check(self, state) -> None:
+        """Refuse a malformed state at the call, with the generator's own error, as eager does,
+        instead of at the next random op. States are the executing generator's (a CPU or a CUDA
+        generator, possibly a server's): one the size of a state this chain handed out is its
+        kind; anything else is checked by a generator of the local execution device."""
+        if state.__class__ is torch.Tensor and state.dtype == torch.uint8 and state.numel() == self.state_numel:
+            return
+        torch.Generator(device=config.execution_device()).set_state(state)
 
 
 # One chain per device, as CUDA has one generator per device: random ops on remote_accelerator:1
