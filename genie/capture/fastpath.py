@@ -2,7 +2,7 @@
 
 An operator call normally travels the C++ dispatcher (autograd, ADInplaceOrView, the Python
 key) before it reaches ``__torch_dispatch__``; that trip costs about twice the eager op. When
-nothing on that trip has work to do (no input needs grad, no mode or autocast is active), the
+nothing on that trip has work to do (no input needs grad, no mode, autocast or jit trace is active), the
 dunder methods here build the very node the dispatcher path would build, from the same
 signature cache, and skip the trip. Anything else, including a signature not yet in the cache,
 takes the ordinary route, which also fills the cache.
@@ -22,13 +22,14 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _autocast = torch._C._is_any_autocast_enabled
 _autograd_node = torch._C._current_autograd_node
+_jit_tracing = torch._C._get_tracing_state
 _SCALARS = (int, float, bool)
 
 
 def _fast(oc, a, b):
     """The LazyTensor for ``oc.func(a, b)`` if the fast path applies, else None."""
-    if _dispatch_modes() or _function_modes() or _autocast():
-        return None
+    if _dispatch_modes() or _function_modes() or _autocast() or _jit_tracing() is not None:
+        return None  # (torch.jit.trace records ops at the dispatcher: skipping it drops them)
     if _grad_enabled():
         if a.requires_grad:
             return None

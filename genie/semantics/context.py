@@ -164,7 +164,14 @@ class ContextForward:
     reports the wrapped forward's signature (transformers reads ``inspect.signature(model.forward)``
     to decide which inputs to build), pickles as "the context forward of this module", and is
     rebound when ``copy.copy``/``deepcopy``/unpickling makes a new module from an old one's state
-    (``Module.__setstate__`` is wrapped for that, beside ``Module._apply`` in module_conversion)."""
+    (``Module.__setstate__`` is wrapped for that, beside ``Module._apply`` in module_conversion).
+
+    To whatever inspects or compiles a forward (``torch.export``, ``torch.jit.script``, Dynamo,
+    ``inspect``) it is the user's forward: its ``__class__`` is the wrapped forward's (a bound
+    method's ``types.MethodType``, so ``inspect.ismethod`` holds), and every attribute it lacks
+    (``__func__``, ``__self__``, ``__code__``, ``__globals__``, ``__name__``, ...) is the wrapped
+    forward's. Those tools then read and compile the user's code; a plain call still runs here,
+    in module context. Genie tells its own wrapper apart with ``type(f)``, never ``__class__``."""
 
     __slots__ = ("module", "__weakref__")
 
@@ -202,6 +209,19 @@ class ContextForward:
     @property
     def __signature__(self):
         return inspect.signature(_inner_forward(self.module))
+
+    @property
+    def __class__(self):
+        return type(_inner_forward(self.module))
+
+    @property
+    def __doc__(self):
+        return _inner_forward(self.module).__doc__
+
+    def __getattr__(self, name):
+        if name == "module":  # the slot is not set yet (a copy or an unpickling in progress)
+            raise AttributeError(name)
+        return getattr(_inner_forward(self.module), name)
 
     @property
     def __wrapped__(self):
@@ -253,7 +273,7 @@ _tracked = weakref.WeakSet()  # modules given the instance forward by track() (c
 def tracked(mod: torch.nn.Module) -> bool:
     """Does ``mod`` run in module context (it has the context forward, bound to itself)?"""
     f = mod.__dict__.get("forward")
-    return f.__class__ is ContextForward and f.module is mod
+    return type(f) is ContextForward and f.module is mod
 
 
 def track(mod: torch.nn.Module) -> None:
@@ -264,7 +284,7 @@ def track(mod: torch.nn.Module) -> None:
         if tracked(m):
             continue
         own = m.__dict__.get("forward")
-        if own is not None and own.__class__ is not ContextForward:  # the user's: called inside ours
+        if own is not None and type(own) is not ContextForward:  # the user's: called inside ours
             m.__dict__["_genie_forward"] = own
         m.__dict__["forward"] = ContextForward(m)
         _tracked.add(m)
@@ -274,7 +294,7 @@ def untrack(mod: torch.nn.Module) -> None:
     """Remove the instance ``forward`` from ``mod`` and the modules below it."""
     for m in mod.modules():
         f = m.__dict__.get("forward")
-        if f.__class__ is ContextForward:
+        if type(f) is ContextForward:
             own = m.__dict__.pop("_genie_forward", None)
             if own is not None:
                 m.__dict__["forward"] = own
@@ -287,7 +307,7 @@ def rebind(mod) -> None:
     """After ``Module.__setstate__``: a context forward copied from another module's state
     (``copy.copy``, ``Module._replicate_for_data_parallel``) is made this module's own."""
     f = mod.__dict__.get("forward")
-    if f.__class__ is ContextForward and f.module is not mod:
+    if type(f) is ContextForward and f.module is not mod:
         mod.__dict__["forward"] = ContextForward(mod)
 
 
