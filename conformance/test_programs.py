@@ -112,6 +112,8 @@ def test_random_programs_match_eager(prog):
     lazy_pool, lazy_outcomes, _ = run(shapes, instrs, seed, REMOTE)
     assert [o != "ok" for o in lazy_outcomes] == [o != "ok" for o in eager_outcomes], \
         f"accepted/rejected differ: eager {eager_outcomes}, lazy {lazy_outcomes}"
+    # zip stops at the shorter pool: the tensors one side made and the other did not would go unchecked
+    assert len(lazy_pool) == len(eager_pool), f"lazy made {len(lazy_pool)} tensors, eager {len(eager_pool)}"
     for n, (lz, e) in enumerate(zip(lazy_pool, eager_pool)):
         assert (lz.shape, lz.dtype) == (e.shape, e.dtype), f"tensor {n} metadata"
         if views[n]:
@@ -128,6 +130,7 @@ def test_long_dag_read_in_any_order(order):
     instrs = [(KINDS[(7 * n) % len(KINDS)], n, 3 * n + 1, n % 8) for n in range(200)]
     eager_pool, _, _ = run(SHAPES[:3], instrs, 1234, "cpu")
     lazy_pool, _, _ = run(SHAPES[:3], instrs, 1234, REMOTE)
+    assert len(lazy_pool) == len(eager_pool), f"lazy made {len(lazy_pool)} tensors, eager {len(eager_pool)}"
     pairs = list(zip(lazy_pool, eager_pool))
     for lz, e in (pairs if order == "forward" else pairs[::-1]):
         torch.testing.assert_close(lz.cpu(), e, rtol=1e-5, atol=1e-5, equal_nan=True)
