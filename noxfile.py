@@ -71,6 +71,11 @@ def conformance(session: nox.Session, device: str, executor: str) -> None:
     name = "conformance" + ("" if device == "cpu" else f"-{device}") + ("-remote" if executor == "remote" else "")
     out = os.path.join(REPORTS, name)
     os.makedirs(out, exist_ok=True)
+    # the check below reads this run's results.json or none: a previous run's must not stand in for a run
+    # that wrote nothing (pytest's conftest removes it too, but only once pytest got that far)
+    stale = os.path.join(out, "results.json")
+    if os.path.exists(stale):
+        os.remove(stale)
     workers = os.environ.get("GENIE_CONFORMANCE_WORKERS", "auto")
     session.run(
         # -q: one mark per cell (passing OpInfo samples print nothing); the run ends with genie's own
@@ -81,6 +86,9 @@ def conformance(session: nox.Session, device: str, executor: str) -> None:
         # GENIE_REPLAY_AFTER=1: every structure is compiled at first sight, and the suites run each
         # program twice or more, so the checked and the verified compiled code are both proven
         env={"OMP_NUM_THREADS": "1", "GENIE_EXECUTION_DEVICE": device, "GENIE_REPLAY_AFTER": "1"},
+        # 1 (some test failed) is for the check to judge: it knows the manifest's expected failures, and it
+        # fails the session on any other failure, on a run that recorded nothing, and on a collected test
+        # without a row; 2 and up (interrupted, internal or usage error, nothing collected) fail here
         success_codes=[0, 1],
     )
     session.run("python", "-m", "conformance.report", out, "--check")

@@ -1,7 +1,9 @@
 """The conformance report: reports/conformance/index.html from results.json.
 
 ``python -m conformance.report DIR [--check]`` rebuilds the HTML from DIR/results.json;
-``--check`` exits non-zero if any cell failed outside the manifest (the job's verdict).
+``--check`` is the job's verdict: it exits non-zero if any cell, model check or other test failed
+outside the manifest, if the run recorded nothing, or if any collected test has no row (a cell
+cannot pass by being left out).
 """
 
 from __future__ import annotations
@@ -15,6 +17,64 @@ import time
 from collections import Counter, defaultdict
 
 OUTCOMES = ("pass", "xfail", "fail", "skip")
+# a suite's cells by what they proved: values compared with eager's, or only rejections matched
+SUITE_COLUMNS = ("cells", "compared", "rejected", "skip", "xfail", "fail")
+
+
+def suite_of(row: dict) -> str:
+    """The test function a row comes from, e.g. ``test_models.py::test_module_db``."""
+    return row.get("nodeid", "").split("[")[0].removeprefix("conformance/") or "unknown"
+
+
+def all_rows(payload: dict) -> list:
+    return payload["results"] + payload.get("models", []) + payload.get("other", [])
+
+
+def suites(payload: dict) -> dict:
+    """Per suite: its cells (rows), those that compared values with eager, those that passed by
+    rejecting only what eager rejects, and the skipped, expected-failing and failing ones; and the
+    samples compared, rejected and skipped inside them, where the suite counts samples."""
+    out: dict = defaultdict(Counter)
+    for r in all_rows(payload):
+        c = out[suite_of(r)]
+        c["cells"] += 1
+        o = r["outcome"]
+        if o == "pass":
+            c["rejected" if r.get("rejected") and not r.get("compared") and not r.get("tensors_compared")
+              else "compared"] += 1
+        else:
+            c[o] += 1
+        for k in ("compared", "rejected", "skipped"):
+            if k in r:
+                c[f"samples_{k}"] += r[k]
+    return {k: dict(v) for k, v in sorted(out.items())}
+
+
+def _failed_elsewhere(payload: dict) -> list[str]:
+    """Failures outside the OpInfo matrix: model checks and other tests, by name."""
+    models = [f"{m['family']}: {m['model']} [{m['check']}]" for m in payload.get("models", []) if m["outcome"] == "fail"]
+    return models + list(payload.get("other_failures", []))
+
+
+def problems(payload: dict) -> list[str]:
+    """Why this run's verdict is a failure; empty when it passes."""
+    out = []
+    recorded = {r.get("nodeid") for r in all_rows(payload)}
+    if "collected" not in payload:
+        out.append("results.json has no collected count: it cannot show that every collected test was recorded")
+    elif payload["collected"] != len(recorded) or payload.get("unrecorded"):
+        out.append(f"{payload['collected']} tests collected, {len(recorded)} recorded; without a row: "
+                   f"{', '.join(payload.get('unrecorded', [])[:20]) or 'none named'}")
+    if not recorded:
+        out.append("no cell was recorded")
+    fails = Counter(suite_of(r) for r in all_rows(payload) if r["outcome"] == "fail")
+    for suite, n in sorted(fails.items()):
+        out.append(f"{suite}: {n} failed outside the manifest")
+    failed_rows = {r.get("nodeid") for r in all_rows(payload) if r["outcome"] == "fail"}
+    listed_only = [n for n in payload.get("other_failures", []) if n not in failed_rows]
+    if listed_only:  # a failure named in the list and in no row
+        out.append(f"other tests failed outside the manifest: {', '.join(listed_only)}")
+    return out
 
 
 def summarize(payload: dict) -> dict:
@@ -60,6 +120,10 @@ def summarize(payload: dict) -> dict:
         "aten_passed": len(census_seen - census_bad),
         "pass_rate": (totals["pass"] / max(1, len(rows) - totals["skip"])),
         "other_failures": list(payload.get("other_failures", [])),
+        "failed_elsewhere": _failed_elsewhere(payload),
+        "suites": suites(payload),
+        "collected": payload.get("collected"),
+        "recorded": len({r.get("nodeid") for r in all_rows(payload)}),
     }
 
 
@@ -121,10 +185,11 @@ def _problems_html(rows: list, outcome: str, title: str, table_id: str) -> str:
         return f"<h2>{title}</h2><p id='{table_id}-none'>none</p>"
     body = "".join(
         f"<tr class='{outcome}'><td>{html.escape(r['op'])}</td><td>{r['variant']}</td><td>{r['dtype']}</td>"
-        f"<td>{r['device']}</td><td class='outcome'>{outcome}</td><td>{html.escape(r.get('reason') or '')}</td></tr>"
+        f"<td>{r['device']}</td><td class='outcome'>{outcome}</td><td>{html.escape(r.get('reason') or '')}</td>"
+        f"<td>{html.escape(r.get('failure') or '')}</td></tr>"
         for r in picked)
     return (f"<h2>{title} ({len(picked)})</h2><table id='{table_id}'><tr><th>OpInfo / model</th><th>variant</th>"
-            f"<th>dtype</th><th>device</th><th>outcome</th><th>reason</th></tr>{body}</table>")
+            f"<th>dtype</th><th>device</th><th>outcome</th><th>reason</th><th>failing samples</th></tr>{body}</table>")
 
 
 def _models_html(models: list) -> str:
@@ -142,11 +207,24 @@ def _models_html(models: list) -> str:
             f"</tr>{body}</table>")
 
 
+def _suites_html(by_suite: dict) -> str:
+    head = "".join(f"<th>{c}</th>" for c in SUITE_COLUMNS)
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c.get(k, 0)}</td>" for k in SUITE_COLUMNS)
+                   + "</tr>" for name, c in by_suite.items())
+    return ("<h2>Suites</h2><p>compared: passing cells that compared values with eager's; rejected: passing cells "
+            "whose every checked sample eager rejects, the device rejecting it alike (same exception type).</p>"
+            f"<table id='suites'><tr><th>suite</th>{head}</tr>{body}</table>")
+
+
 def write_html(payload: dict, path: str) -> None:
     s = summarize(payload)
     rows = payload["results"]
     models = payload.get("models", [])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(payload.get("started", 0)))
+    # every row in the failure tables: cells, model checks, and other tests by node id
+    problem_rows = rows + [dict(m, op=f"{m['family']}: {m['model']}", variant=m['check'], dtype=m.get('dtype', ''),
+                                device=payload['device']) for m in models] \
+        + [dict(r, op=r["nodeid"], variant="", dtype="", device=payload["device"]) for r in payload.get("other", [])]
     totals = s["totals"]
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Genie conformance</title>
@@ -166,17 +244,19 @@ span.v {{ padding: 0 3px; border-radius: 3px; font-size: 12px; }}
 <p class="headline">Cells: <b id="total-cells">{s['cells']}</b> &middot; pass <b id="total-pass">{totals.get('pass', 0)}</b>
 &middot; xfail <b id="total-xfail">{totals.get('xfail', 0)}</b> &middot; fail <b id="total-fail">{totals.get('fail', 0)}</b>
 &middot; skip <b id="total-skip">{totals.get('skip', 0)}</b> &middot; pass rate {s['pass_rate']:.2%}</p>
-<p>Other tests (random programs, models): {html.escape(', '.join(s['other_failures'])) or 'all passed'}</p>
+<p id="collected">Tests collected: {s['collected'] if s['collected'] is not None else 'not counted'}, recorded:
+{s['recorded']}</p>
+{_suites_html(s['suites'])}
+<p id="elsewhere">Outside the matrix (models, random programs): {html.escape(', '.join(s['failed_elsewhere']))
+                                                                  or 'no failures'}</p>
 <p>OpInfos: {s['opinfos']} ({s['opinfos_all_pass']} pass every cell); float32 CPU: {s['float32_cpu_opinfos_all_pass']} of
 {s['float32_cpu_opinfos']} pass every sample in every variant, <b id="f32-function">{s['float32_cpu_opinfos_function_pass']}</b>
 in the function variant. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
 aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in passing cells.</p>
 <p>torch {html.escape(payload['torch'])} &middot; python {payload['python']} &middot; commit {html.escape(payload['commit'])}
 &middot; device {payload['device']} &middot; started {started} &middot; run time {payload['duration_s']} s</p>
-{_problems_html(rows + [dict(m, op=f"{m['family']}: {m['model']}", variant=m['check'], dtype=m.get('dtype', ''),
-                            device=payload['device']) for m in models], 'fail', 'Failures', 'failures')}
-{_problems_html(rows + [dict(m, op=f"{m['family']}: {m['model']}", variant=m['check'], dtype=m.get('dtype', ''),
-                            device=payload['device']) for m in models], 'xfail', 'Expected failures (manifest)', 'xfails')}
+{_problems_html(problem_rows, 'fail', 'Failures', 'failures')}
+{_problems_html(problem_rows, 'xfail', 'Expected failures (manifest)', 'xfails')}
 {_models_html(models)}
 {_counts_table('Totals per dtype', s['by_dtype'])}
 {_counts_table('Totals per variant', s['by_variant'])}
@@ -217,14 +297,24 @@ def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
     if models:
         mc = Counter(m["outcome"] for m in models)
         lines.append(f"models: {len(models)} checks, " + ", ".join(f"{o} {mc.get(o, 0)}" for o in OUTCOMES))
+    lines.append(f"{'suite':<40} " + " ".join(f"{c:>8}" for c in SUITE_COLUMNS))
+    for name, c in s["suites"].items():
+        lines.append(f"{name[:40]:<40} " + " ".join(f"{c.get(k, 0):>8}" for k in SUITE_COLUMNS))
+    lines.append(f"collected {s['collected'] if s['collected'] is not None else '(not counted)'}, "
+                 f"recorded {s['recorded']}")
     failures = [r for r in payload["results"] if r["outcome"] == "fail"]
     failures += [dict(op=f"{m['family']}: {m['model']}", variant=m["check"], dtype=m.get("dtype", ""),
                       reason=m.get("reason", "")) for m in models if m["outcome"] == "fail"]
     for r in failures:
         lines.append(f"FAIL {r['op']} [{r['variant']}, {r['dtype']}]: {(r.get('reason') or '')[:200]}")
-    for nodeid in s["other_failures"]:
-        lines.append(f"FAIL {nodeid}")
-    if not failures and not s["other_failures"]:
+    others = [r for r in payload.get("other", []) if r["outcome"] == "fail"] or \
+        [{"nodeid": n, "reason": ""} for n in s["other_failures"]]  # a results.json from before "other" rows
+    for r in others:
+        lines.append(f"FAIL {r['nodeid']}: {(r.get('reason') or '')[:200]}")
+    for p in problems(payload):
+        if "failed outside the manifest" not in p:  # those are the FAIL lines above
+            lines.append(f"VERDICT {p}")
+    if not failures and not others:
         lines.append("no failures outside the manifest")
     if report_path:
         lines.append(f"report: {report_path}")
@@ -234,7 +324,8 @@ def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("folder")
-    ap.add_argument("--check", action="store_true", help="exit 1 if any cell failed")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if anything failed, nothing was recorded, or a collected test has no row")
     ns = ap.parse_args(argv)
     path = os.path.join(ns.folder, "results.json")
     if not os.path.exists(path):
@@ -243,12 +334,10 @@ def main(argv=None) -> int:
     with open(path) as f:
         payload = json.load(f)
     write_html(payload, os.path.join(ns.folder, "index.html"))
-    s = summarize(payload)
     print("\n".join(summary_lines(payload, os.path.join(ns.folder, "index.html"))))
-    model_failures = sum(1 for m in payload.get("models", []) if m["outcome"] == "fail")
-    if ns.check and (s["totals"].get("fail", 0) or s["other_failures"] or model_failures):
-        print(f"{s['totals'].get('fail', 0)} cells and {model_failures} model checks failed outside the manifest; "
-              f"other failed tests: {s['other_failures'] or 'none'}", file=sys.stderr)
+    found = problems(payload)
+    if ns.check and found:
+        print("\n".join(f"verdict: {p}" for p in found), file=sys.stderr)
         return 1
     return 0
 

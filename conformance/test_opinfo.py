@@ -5,14 +5,17 @@ itself, made inside the test (seeded), one subtest each so a failure names its s
 sample: eager runs on the device (under an aten census), the same call runs with every tensor on
 remote_accelerator; reported metadata must equal eager's before anything runs, the op must be
 captured (no fallback), in-place variants must return and mutate their input, and values must
-match. Known failures are data: ``conformance/manifest.py``.
+match; where eager rejects a sample, the device must raise the same exception type. A cell counts
+its samples compared, rejected and skipped; one with nothing checked is a skip with its reason.
+Known failures are data: ``conformance/manifest.py``, down to the samples or message they fail with.
 """
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-from torch.testing._internal.common_methods_invocations import op_db
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -55,6 +58,9 @@ def has_variant(op, variant: str) -> bool:
 
 
 def cells(device: str):
+    # imported here, not at the top: building op_db takes seconds, and the modules that reuse this
+    # one's checks (the model suites, the verdict's own tests) do not need it
+    from torch.testing._internal.common_methods_invocations import op_db
     for op in op_db:
         supported = op.supported_dtypes(device)
         for dname, dtype in DTYPES.items():
@@ -63,7 +69,7 @@ def cells(device: str):
             for variant in VARIANTS:
                 if not has_variant(op, variant):
                     continue
-                marks = []
+                marks = [pytest.mark.genie_cell(op=cell_name(op), variant=variant, dtype=dname, device=device)]
                 if op.name.startswith("jiterator_") and device != "cuda":
                     marks.append(pytest.mark.skip(reason="jiterator ops are CUDA-only (they list CPU dtypes)"))
                 yield pytest.param(op, variant, dname, device, marks=marks,
@@ -177,7 +183,9 @@ def _assert_values(actual_host, expected, where="output"):
             assert a == e or (a != a and e != e), f"{where}[{i}]: {a!r} != eager {e!r}"
 
 
-def check_sample(op, variant, sample, device: str, census: set):
+def check_sample(op, variant, sample, device: str, census: set) -> str:
+    """"compared": the device's result matched eager's; "rejected": eager raised, and the device
+    raised the same exception type. Anything else fails (or skips) by raising."""
     inp, args, kwargs = sample.input, sample.args, sample.kwargs
     values_comparable = op.name not in UNINITIALISED
 
@@ -219,7 +227,8 @@ def check_sample(op, variant, sample, device: str, census: set):
         except AssertionError as e:
             raise AssertionError(f"{run}: {e}") from e
         if eager_error is not None:
-            return
+            return "rejected"
+    return "compared"
 
 
 def _check_lazy(op, variant, device, inp, args, kwargs, e_inp, e_out, expected, eager_error, values_comparable):
@@ -232,9 +241,8 @@ def _check_lazy(op, variant, device, inp, args, kwargs, e_inp, e_out, expected, 
     l_out = pytree.tree_map(lambda t: _sentinel_like(t, REMOTE), e_out) if e_out is not None else None
     before = _fallbacks()
     if eager_error is not None:
-        with pytest.raises(Exception):
-            _host(_call(op, variant, l_inp, l_args, l_kwargs, l_out))
-            _host(l_inp)
+        assert_rejects_like(eager_error, lambda: (_host(_call(op, variant, l_inp, l_args, l_kwargs, l_out)),
+                                                   _host(l_inp)))
         return
     actual = _call(op, variant, l_inp, l_args, l_kwargs, l_out)
     fell_back = _fallbacks() - before
@@ -256,43 +264,36 @@ def _check_lazy(op, variant, device, inp, args, kwargs, e_inp, e_out, expected, 
             _assert_values(_host(l_out), e_out, "out")
 
 
-def test_op(cell, subtests, record_property):
+def assert_rejects_like(eager_error: BaseException, run) -> None:
+    """``run()`` (the call on the device, its results materialized) must raise what eager raised: the
+    same exception type, so code that catches eager's error catches the device's. genie raises it at
+    capture or at materialization, both inside ``run``."""
+    try:
+        run()
+    except Exception as lazy_error:  # noqa: BLE001 - compared with eager's below
+        if type(lazy_error) is not type(eager_error):
+            raise AssertionError(f"eager raised {type(eager_error).__name__} ({first_line(eager_error)}); the device "
+                                 f"raised {type(lazy_error).__name__} ({first_line(lazy_error)})") from lazy_error
+        return
+    raise AssertionError(f"eager raised {type(eager_error).__name__} ({first_line(eager_error)}); the device "
+                         "accepted the call")
+
+
+def test_op(cell, samples):
     op, variant, dname, device = cell
     name = cell_name(op)
-    reason = manifest.lookup(name, variant, dname, device)
     torch.manual_seed(0)
     # sample_inputs_func directly: OpInfo.sample_inputs wraps it in an iterator that inspects the
     # call stack (about 15 ms a cell) to support PyTorch's own sample tracking, unused here
-    samples = list(op.sample_inputs_func(op, device, DTYPES[dname], False))
+    cell_samples = list(op.sample_inputs_func(op, device, DTYPES[dname], False))
     census: set = set()
-    failed = []
-    for i, sample in enumerate(samples):
-        if reason is not None:
-            try:
-                check_sample(op, variant, sample, device, census)
-            except pytest.skip.Exception:
-                pass
-            except BaseException as e:  # noqa: BLE001 - a known failure; tallied below
-                failed.append(f"sample {i}: {type(e).__name__}: {_first_line(e)}")
-            continue
-        with subtests.test(msg=f"sample {i}", sample=_describe(sample)):
-            try:
-                check_sample(op, variant, sample, device, census)
-            except pytest.skip.Exception:
-                raise
-            except BaseException as e:
-                failed.append(f"sample {i}: {type(e).__name__}: {_first_line(e)}")
-                raise
-    record_property("genie_detail", {"samples": len(samples), "failed_samples": len(failed),
-                                     "first_failure": failed[0] if failed else "", "aten": sorted(census)})
-    if reason is not None:
-        if failed:
-            pytest.xfail(reason)
-        pytest.fail(f"[XPASS(strict)] {name}-{variant}-{dname}-{device} passes now: remove its manifest entry "
-                    f"({reason})")
+    run = samples(f"{name}-{variant}-{dname}-{device}", manifest.lookup(name, variant, dname, device))
+    for i, sample in enumerate(cell_samples):
+        run.check(i, _describe(sample), functools.partial(check_sample, op, variant, sample, device, census))
+    run.finish(aten=sorted(census))
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:240] if text else ""
 
