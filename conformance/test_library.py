@@ -172,15 +172,19 @@ def _(device):
 
 # -- device generators -------------------------------------------------------------------------------
 
-@program("device_generator", xfail=(RuntimeError, "torch.Generator(device=...) on a PrivateUse1 device needs a "
-                                    "generator from PrivateUse1HooksInterface::getNewGenerator, which torch "
-                                    "offers only to C++ backends: genie has no device generators yet"))
+@program("device_generator")
 def _(device):
-    g = torch.Generator(device=device)
-    g.manual_seed(7)
+    g = torch.Generator(device=device).manual_seed(7)
     a = torch.randn(3, generator=g, device=device)
-    b = torch.rand(3, device=device)  # the default chain, independent of g
-    return {"a": a, "b": b, "c": torch.randint(0, 9, (4,), generator=g, device=device)}
+    b = torch.rand(3, device=device)  # the default generator, independent of g
+    state = g.get_state()
+    c = torch.randint(0, 9, (4,), generator=g, device=device)
+    g.set_state(state)
+    again = torch.randint(0, 9, (4,), generator=g, device=device)
+    w = torch.nn.init.kaiming_uniform_(torch.empty(4, 4, device=device), generator=g)
+    keep = F.dropout(torch.ones(8, device=device), 0.5)
+    perm = torch.randperm(6, generator=g, device=device)
+    return {"a": a, "b": b, "c": c, "again": again, "init": w, "dropout": keep, "perm": perm, "state": state}
 
 
 # -- parametrizations ------------------------------------------------------------------------------
@@ -336,14 +340,44 @@ def _(device):
 
 # -- mixed precision -------------------------------------------------------------------------------
 
-@program("autocast_bf16", xfail=(AssertionError, "torch.autocast on remote_accelerator warns 'the target dtype "
-                                 "is not supported' and runs in float32; eager autocast on CPU runs linear in "
-                                 "bfloat16"))
+@program("autocast_bf16_training")
 def _(device):
     model = _mlp().to(device)
-    with torch.autocast(device_type="cpu" if device == "cpu" else REMOTE, dtype=torch.bfloat16):
-        out = model(torch.randn(3, 8, device=device))
-    return {"out": out}
+    x, target = torch.randn(3, 8, device=device), torch.randint(0, 4, (3,), device=device)
+    kind = "cpu" if device == "cpu" else REMOTE
+    with torch.autocast(device_type=kind, dtype=torch.bfloat16):
+        out = model(x)
+        again = model[0](x)  # a layer used twice in a region shares one cast of its weight
+        loss = F.cross_entropy(out, target) + again.float().mean()
+        with torch.autocast(device_type=kind, enabled=False):
+            plain = out.float() @ torch.ones(4, 2, device=device)
+    loss.backward()
+    return {"out": out, "again": again, "loss": loss.detach(), "plain": plain,
+            **{f"grad.{n}": p.grad for n, p in model.named_parameters()}}
+
+
+@program("grad_scaler_fp16")
+def _(device):
+    model = _mlp().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kind = "cpu" if device == "cpu" else REMOTE
+    scaler = torch.amp.GradScaler(kind, init_scale=2.0 ** 16, growth_interval=2)
+    out = {}
+    for step in range(4):
+        x = torch.randn(5, 8, device=device)
+        if step == 1:
+            x[0, 0] = float("inf")  # an overflow: the step is skipped and the scale backs off
+        with torch.autocast(device_type=kind, dtype=torch.float16):
+            loss = model(x).float().square().mean()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+        out[f"loss{step}"] = loss.detach()
+        out[f"scale{step}"] = torch.tensor(scaler.get_scale())
+    out.update({f"param.{n}": p.detach() for n, p in model.named_parameters()})
+    return out
 
 
 # -- PyTorch's own tools on modules on the device --------------------------------------------------
@@ -418,6 +452,10 @@ def _cases():
         yield pytest.param(name, marks=marks, id=name)
 
 
+def _bits(t):
+    return t.contiguous().reshape(-1).view(torch.uint8) if t.dtype.is_floating_point or t.is_complex() else t
+
+
 def _run(name, device):
     torch.manual_seed(SEED)
     return PROGRAMS[name][0](device)
@@ -437,10 +475,13 @@ def test_library_program(name, device, record_property):
         assert type(got) is torch.Tensor, f"{key}: a {type(got).__name__} came back, not a torch.Tensor"
         e = e.detach().to(got.device)
         assert got.dtype == e.dtype and got.shape == e.shape, f"{key}: {got.dtype}{list(got.shape)} vs {e.dtype}{list(e.shape)}"
+        torch.testing.assert_close(got, e, atol=ATOL, rtol=RTOL, equal_nan=True, msg=lambda m: f"{name}: {key}: {m}")
         if e.numel():
-            diff = (got.double() - e.double()).abs().max().item() if e.dtype != torch.bool else float((got != e).any())
-            worst = max(worst, diff)
-            identical = identical and torch.equal(got, e)
-        torch.testing.assert_close(got, e, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}: {key}: {m}")
+            same_bits = torch.equal(_bits(got), _bits(e))  # (NaNs and signed zeros included)
+            identical = identical and same_bits
+            if not same_bits and e.dtype != torch.bool:
+                finite = torch.isfinite(e) & torch.isfinite(got) if e.dtype.is_floating_point else torch.ones_like(e, dtype=torch.bool)
+                if finite.any():
+                    worst = max(worst, (got[finite].double() - e[finite].double()).abs().max().item())
     record_property("genie_detail", {"compared": len(expected), "bit_identical": identical, "max_abs_diff": worst})
 

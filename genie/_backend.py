@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-from .capture import device_choice, dispatch, factories, rng
+from .capture import autocast, device_choice, dispatch, factories, rng
 
 NAME = "remote_accelerator"
 _registered = False
@@ -137,14 +137,39 @@ class _DeviceModule:
 
     @staticmethod
     def get_amp_supported_dtype():
-        # No autocast kernels are registered for AutocastPrivateUse1 (the casts would have to be the
-        # execution device's autocast policy): torch.autocast on this device warns and stays off,
-        # as on any device without AMP, instead of failing at the first op.
-        return []
+        # autocast on the device runs the execution device's policy (capture/autocast.py)
+        return list(autocast.SUPPORTED_DTYPES)
 
     @staticmethod
     def is_bf16_supported() -> bool:
         return True
+
+
+_TorchGenerator = torch._C.Generator
+
+
+class _AnyGenerator(type(_TorchGenerator)):
+    """``isinstance(g, torch.Generator)`` holds for every generator, as before genie replaced the name."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, _TorchGenerator)
+
+    def __subclasscheck__(cls, sub) -> bool:
+        return issubclass(sub, _TorchGenerator)
+
+
+class Generator(_TorchGenerator, metaclass=_AnyGenerator):
+    """``torch.Generator`` once genie is imported: torch's own generator for every device but this
+    one, a ``rng.DeviceGenerator`` for ``remote_accelerator`` (torch asks PrivateUse1's C++ hooks
+    for a new generator, which a Python backend cannot provide)."""
+
+    def __new__(cls, device=None):
+        if device is not None and not isinstance(device, int) and torch.device(device).type == NAME:
+            return rng.DeviceGenerator(_index(device))
+        return _TorchGenerator() if device is None else _TorchGenerator(device)
+
+
+Generator.__module__, Generator.__qualname__ = "torch", "Generator"  # pickles as torch.Generator
 
 
 def _factory_schemas():
@@ -237,6 +262,7 @@ def register() -> None:
     from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
     _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule(), device_guard=_DeviceGuard())
+    torch.Generator = Generator
     dispatch.DEVICE = dispatch.device_at(0)
     dispatch.current_index = lambda: _current.index
     dispatch.device_count = _DeviceModule.device_count
@@ -245,6 +271,7 @@ def register() -> None:
     lib.impl("_copy_from", _copy_from, "PrivateUse1")
     _register_out_fixes(lib)
     device_choice.register(lib)
+    autocast.register(lib)
     # No backend fallback: for an op that reaches PrivateUse1 without a LazyTensor, torch's own
     # "Could not run 'aten::X' with arguments from the 'remote_accelerator' backend" names it.
     _libs.append(lib)

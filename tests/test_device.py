@@ -220,14 +220,3 @@ def test_device_module_api():
     mod.seed()
     assert torch.equal(torch.get_rng_state(), host_state)  # the host generator is untouched
     assert mod.initial_seed() >= 0 and mod.current_device() == 0 and mod.is_initialized()
-
-
-def test_autocast_on_the_device_warns_and_stays_off():
-    # no autocast kernels exist for the device: like any device without AMP, autocast warns and is
-    # disabled, and ops compute in their own dtype (eager's float32 result, exactly)
-    x = torch.randn(4, 4)
-    with pytest.warns(UserWarning, match="not supported"):
-        with torch.autocast("remote_accelerator", dtype=torch.bfloat16):
-            y = x.to(DEVICE) @ x.to(DEVICE)
-    assert y.dtype == torch.float32
-    assert torch.equal(host(y), x @ x)

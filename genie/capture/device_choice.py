@@ -51,12 +51,13 @@ _lock = threading.Lock()
 class _Trace:
     """One traced program: the GraphModule, which flat argument positions are its inputs, and
     how to rebuild the op's (possibly nested) result from the program's flat outputs."""
-    __slots__ = ("gm", "lazy_positions", "out_shape")
+    __slots__ = ("gm", "lazy_positions", "out_shape", "lowered")
 
-    def __init__(self, gm, lazy_positions, out_shape):
+    def __init__(self, gm, lazy_positions, out_shape, lowered=()):
         self.gm = gm
         self.lazy_positions = lazy_positions
         self.out_shape = out_shape
+        self.lowered = lowered  # flat positions the trace casts to the autocast dtype (autocast only)
 
 
 def _flatten(args, flat, shape):
@@ -119,7 +120,7 @@ def _retarget_devices(gm, device, remote) -> None:
         node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
 
 
-def _trace(func, flat, shape, n_args, names, device, remote):
+def _trace(func, flat, shape, n_args, names, device, remote, autocast_dtype=None):
     lazy_positions = [i for i, a in enumerate(flat) if isinstance(a, LazyTensor)]
     out_shape = []
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -130,7 +131,11 @@ def _trace(func, flat, shape, n_args, names, device, remote):
         for i, t in zip(lazy_positions, tensors):
             leaves[i] = t
         top = _rebuild(shape, leaves, n_args + len(names))
-        out = func(*top[:n_args], **dict(zip(names, top[n_args:])))
+        if autocast_dtype is None:
+            out = func(*top[:n_args], **dict(zip(names, top[n_args:])))
+        else:  # the execution device's autocast casts the inputs; the trace records the casts
+            with torch.autocast(device.type, dtype=autocast_dtype, cache_enabled=False):
+                out = func(*top[:n_args], **dict(zip(names, top[n_args:])))
         seq = isinstance(out, (list, tuple))
         out_shape[:] = [seq, type(out) if seq else None]
         return list(out) if seq else [out]
@@ -140,7 +145,17 @@ def _trace(func, flat, shape, n_args, names, device, remote):
     gm.graph.eliminate_dead_code()
     _retarget_devices(gm, device, remote)
     gm.recompile()
-    return _Trace(gm, lazy_positions, tuple(out_shape))
+    lowered = ()
+    if autocast_dtype is not None:
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        lowered = frozenset(pos for pos, ph in zip(lazy_positions, placeholders)
+                            if any(_casts_to(user, autocast_dtype) for user in ph.users))
+    return _Trace(gm, lazy_positions, tuple(out_shape), lowered)
+
+
+def _casts_to(node, dtype) -> bool:
+    return node.op == "call_function" and node.target in (aten._to_copy.default, aten.to.dtype) and \
+        (node.kwargs.get("dtype") == dtype or dtype in node.args[1:])
 
 
 _TRACE_TIMEOUT_S = 600.0
@@ -177,38 +192,66 @@ def _isolated(trace, *args):
 
 def run(func, args, kwargs):
     """``func(*args, **kwargs)`` on LazyTensors, as eager on the execution device would run it."""
-    from .. import config
-    from . import dispatch
+    call = Call(func, args, kwargs)
+    try:
+        trace = call.trace()
+    except UnsupportedOperatorException:
+        # the fake kernels cannot trace it: the op's own decomposition, on the device
+        return func.decompose(*args, **kwargs)
+    return call.replay(trace)
 
-    names = tuple(kwargs)
-    flat: list = []
-    shape: list = []
-    _flatten(tuple(args) + tuple(kwargs.values()), flat, shape)
-    # the device the trace's factories create on: the inputs' (a mixed call fails inside the trace)
-    index = next((a._spec.index for a in flat if isinstance(a, LazyTensor)), 0)
-    key = _signature(func, flat, shape, names, index)
-    trace = _traces.get(key)
-    coarse = None
-    if trace is None and func in _LENGTH_FREE and config.execution_device().type == "cpu":
-        coarse = _length_free_signature(key)
-        trace = _traces.get(coarse)
-    if trace is None:
-        try:
-            trace = _isolated(_trace, func, flat, shape, len(args), names, config.execution_device(),
-                              dispatch.device_at(index))
-        except UnsupportedOperatorException:
-            # the fake kernels cannot trace it: the op's own decomposition, on the device
-            return func.decompose(*args, **kwargs)
-        with _lock:
-            if len(_traces) >= _TRACE_LIMIT:
-                _traces.clear()
-            _traces[key] = trace
-            if coarse is not None and _is_one_call(trace.gm):
-                _traces[coarse] = trace
-    # forward itself: the Module call around it (hooks, tracing state) costs more than the program
-    outs = trace.gm.forward(*[flat[i] for i in trace.lazy_positions])
-    is_seq, seq_type = trace.out_shape
-    return seq_type(outs) if is_seq else outs[0]
+
+class Call:
+    """One call of an op on LazyTensors, flattened: its trace for the execution device (looked up
+    or made), and the replay of that trace on the call's tensors. ``autocast_dtype``: traced under
+    the execution device's autocast to that dtype."""
+
+    __slots__ = ("func", "n_args", "names", "flat", "shape", "autocast_dtype")
+
+    def __init__(self, func, args, kwargs, autocast_dtype=None):
+        self.func, self.n_args, self.names, self.autocast_dtype = func, len(args), tuple(kwargs), autocast_dtype
+        self.flat: list = []
+        self.shape: list = []
+        _flatten(tuple(args) + tuple(kwargs.values()), self.flat, self.shape)
+
+    def with_leaves(self, flat) -> "Call":
+        """The same call with other leaves (same structure)."""
+        top = _rebuild(self.shape, flat, self.n_args + len(self.names))
+        return Call(self.func, top[:self.n_args], dict(zip(self.names, top[self.n_args:])), self.autocast_dtype)
+
+    def trace(self) -> _Trace:
+        from .. import config
+        from . import dispatch
+
+        func, flat = self.func, self.flat
+        # the device the trace's factories create on: the inputs' (a mixed call fails inside the trace)
+        index = next((a._spec.index for a in flat if isinstance(a, LazyTensor)), 0)
+        key = _signature(func, flat, self.shape, self.names, index)
+        if self.autocast_dtype is not None:
+            key = (*key, "autocast", self.autocast_dtype)
+        trace = _traces.get(key)
+        coarse = None
+        if trace is None and self.autocast_dtype is None and func in _LENGTH_FREE \
+                and config.execution_device().type == "cpu":
+            coarse = _length_free_signature(key)
+            trace = _traces.get(coarse)
+        if trace is None:
+            trace = _isolated(_trace, func, flat, self.shape, self.n_args, self.names, config.execution_device(),
+                              dispatch.device_at(index), self.autocast_dtype)
+            with _lock:
+                if len(_traces) >= _TRACE_LIMIT:
+                    _traces.clear()
+                _traces[key] = trace
+                if coarse is not None and _is_one_call(trace.gm):
+                    _traces[coarse] = trace
+        return trace
+
+    def replay(self, trace: _Trace):
+        flat = self.flat
+        # forward itself: the Module call around it (hooks, tracing state) costs more than the program
+        outs = trace.gm.forward(*[flat[i] for i in trace.lazy_positions])
+        is_seq, seq_type = trace.out_shape
+        return seq_type(outs) if is_seq else outs[0]
 
 
 # Sequence lengths do not enter the CPU's attention choice (only whether they are zero), and a

@@ -21,7 +21,9 @@ from . import written_memory
 from .aliasing import DEVICES, _mutate, _refresh, _storage_of, _wrap_out, new_lazy
 from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
-from .rng import chain_for
+from .rng import DeviceGenerator, chain_for, link_random
+
+_Generator = torch._C.Generator
 from .schema import _classes, classify, get_arg
 
 aten = torch.ops.aten
@@ -224,6 +226,9 @@ def _walk(seq, key, func, floats=True):
             const = _constant(a, func)
             key.append(("tensor", spec_of(const)))
             out.append(const)
+        elif c is _Generator or c is DeviceGenerator:
+            key.append(_Generator)  # which generator does not change the metadata (nor hold it in the cache)
+            out.append(a)
         else:
             if c is torch.device and a.type == DEVICE_TYPE:
                 a = device_at(index_of_device(a))  # "remote_accelerator" means the current device
@@ -564,7 +569,7 @@ def _build(func, oc, inf, args, kwargs, nargs, nkw, default_dtype=None):
     if default_dtype is not None:
         node.note_runtime("default_dtype", default_dtype)
     if oc.random:
-        chain_for(index_of(node) or 0).link(node)
+        link_random(node, index_of(node) or 0, nkw)
     if single:
         out_nodes = [node]
     else:

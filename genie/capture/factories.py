@@ -12,6 +12,8 @@ from .dispatch import (_DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup,
 from .schema import _classes, classify
 from .special_ops import _QUANTIZED_DTYPES, _quantized
 
+_Generator = torch._C.Generator
+
 
 # Factory calls seen before, by exact arguments: (op, ints and int lists, keyword items, the current
 # device index and default dtype where they decide) -> the node's (spec, args, kwargs). A hit skips
@@ -87,7 +89,8 @@ def _capture_factory(func, args, kwargs, seen_key=None):
             kwargs = {**kwargs, "device": device}
     key = [oc]
     nargs = tuple(_walk(args, key, func))
-    key.append(tuple(kwargs.items()))
+    # (a generator enters as its kind: which one does not change the metadata)
+    key.append(tuple((k, _Generator if isinstance(v, _Generator) else v) for k, v in kwargs.items()))
     key = tuple(key)
     inf, default_dtype = _lookup(key, func, oc, args, kwargs)
     if inf is _FALLBACK or inf is _DATA_DEPENDENT:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import torch
 
@@ -133,3 +134,100 @@ def seed_all(seed: int) -> None:
 
 _chains_lock = threading.Lock()
 _all_seed = [DEFAULT_SEED]
+
+
+class DeviceGenerator(torch._C.Generator):
+    """``torch.Generator(device="remote_accelerator")``: a generator of its own, as a CUDA
+    generator is: a chain like the device's default one (same seeds give a CPU generator's
+    streams, exact in any interleaving with the default chain, whatever order values are read
+    in), which random ops given ``generator=`` link into instead of the default chain.
+
+    torch offers Python backends no generator of their own (``PrivateUse1HooksInterface::
+    getNewGenerator`` is C++ only), so this subclasses torch's generator type and overrides every
+    method that reads or writes state; the C++ generator underneath only holds a throwaway state
+    (seed validation, ``seed()``'s entropy) and never feeds a draw. ``_backend`` makes
+    ``torch.Generator(device=...)`` build one."""
+
+    __slots__ = ("chain",)
+
+    def __new__(cls, index: int = 0):
+        self = super().__new__(cls, "cpu")
+        self.chain = RngChain(index)
+        self.chain.materialize = chain.materialize
+        # ops receive the generator re-wrapped by the dispatcher (a plain torch._C.Generator over
+        # the same C++ generator): the chain is found again by that generator's address
+        _generator_chains[self._cdata] = self.chain
+        weakref.finalize(self, _generator_chains.pop, self._cdata, None)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("remote_accelerator", self.chain.index)
+
+    def manual_seed(self, seed):
+        torch._C.Generator.manual_seed(self, seed)  # eager's checks of the seed, at the call
+        self.chain.seed(torch._C.Generator.initial_seed(self))
+        return self
+
+    def seed(self) -> int:
+        seed = torch._C.Generator.seed(self)  # a non-deterministic seed, as torch picks one
+        self.chain.seed(seed)
+        return seed
+
+    def initial_seed(self) -> int:
+        return self.chain.initial_seed
+
+    def get_state(self) -> torch.Tensor:
+        return self.chain.get_state(self.chain.materialize)
+
+    def set_state(self, state):
+        self.chain.set_state(state)
+        return self
+
+    def clone_state(self):
+        twin = DeviceGenerator(self.chain.index)
+        twin.chain.initial_seed = self.chain.initial_seed
+        twin.chain.set_state(self.get_state())
+        return twin
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError("genie: a remote_accelerator generator has no Philox offset and no graph-safe "
+                           "state (CUDA generators do); use get_state/set_state")
+
+    get_offset = set_offset = graphsafe_get_state = graphsafe_set_state = _refuse
+
+    def __reduce__(self):
+        # torch.Generator's own form (device, then (seed, offset, state)): torch.save/load and
+        # copy.deepcopy rebuild a device generator with the same state
+        return torch.Generator, (self.device,), (self.initial_seed(), None, self.get_state())
+
+    def __setstate__(self, state) -> None:
+        seed, _offset, gen_state = state
+        self.chain.seed(seed)
+        self.set_state(gen_state)
+
+    def __repr__(self) -> str:
+        return f"<genie generator on {self.device}>"
+
+
+def link_random(node: Node, index: int, kwargs) -> None:
+    """Link a captured random op into the chain it draws from: the ``generator=`` it was given,
+    else its device's default chain. A device generator's node then runs with no generator
+    argument: the executor draws from the execution device's generator swapped to the chain's
+    state, as for the default chain. Any other generator is refused, as eager CUDA refuses a CPU
+    generator for a CUDA op."""
+    gen = kwargs.get("generator") if kwargs else None
+    if gen is None:
+        chain_for(index).link(node)
+        return
+    own = _generator_chains.get(gen._cdata)
+    if own is None:
+        raise RuntimeError(f"Expected a 'remote_accelerator' device type for generator but found '{gen.device.type}'")
+    if own.index != index:
+        raise RuntimeError(f"Expected a generator on remote_accelerator:{index} but found one on "
+                           f"remote_accelerator:{own.index}")
+    node.kwargs = {**node.kwargs, "generator": None}
+    own.link(node)
+
+
+_generator_chains: dict[int, RngChain] = {}  # C++ generator address -> the device generator's chain
