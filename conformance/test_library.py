@@ -318,24 +318,29 @@ def _(device):
 
 # -- nested tensors --------------------------------------------------------------------------------
 
-@program("transformer_encoder_fast_path", xfail=(RuntimeError, "the inference fast path of nn.TransformerEncoder "
-                                                 "with a padding mask converts to a strided nested tensor "
-                                                 "(aten::_nested_tensor_from_mask), which genie cannot hold"))
+@program("transformer_encoder_fast_path")
 def _(device):
     encoder = _made(lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0),
                                                   2, enable_nested_tensor=True)).to(device).eval()
     x = torch.randn(3, 5, 8, device=device)
     mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 2 + [True] * 3], device=device)
-    with torch.no_grad():
-        return {"out": encoder(x, src_key_padding_mask=mask)}
+    with torch.no_grad():  # the inference fast path: a strided nested tensor between the layers
+        out = encoder(x, src_key_padding_mask=mask)
+    with torch.inference_mode():
+        again = encoder(x, src_key_padding_mask=mask)
+    return {"out": out, "inference_mode": again}
 
 
-@program("nested_jagged", xfail=(NotImplementedError, "torch.nested jagged tensors wrap their values in a "
-                                 "NestedTensor subclass; genie refuses them on the device (strided only)"))
+@program("nested_jagged")
 def _(device):
+    lin = _made(lambda: nn.Linear(4, 3)).to(device)
     parts = [torch.randn(2, 4, device=device), torch.randn(3, 4, device=device)]
-    nt = torch.nested.nested_tensor(parts, layout=torch.jagged, device=device)
-    return {"padded": torch.nested.to_padded_tensor((nt * 2).sin(), 0.0)}
+    nt = torch.nested.nested_tensor(parts, layout=torch.jagged)
+    out = lin((nt * 2).sin())
+    padded = torch.nested.to_padded_tensor(torch.softmax(out, dim=-1), 0.0)
+    padded.sum().backward()
+    return {"padded": padded.detach(), "values": out.values().detach(), "offsets": nt.offsets(),
+            "grad.weight": lin.weight.grad, "grad.bias": lin.bias.grad}
 
 
 # -- mixed precision -------------------------------------------------------------------------------
@@ -437,6 +442,142 @@ def _(device):
 @program("generate_static_cache", needs="transformers")
 def _(device):
     return _generate(device, do_sample=False, cache_implementation="static")
+
+
+# -- transformers families beyond the zoo: a forward and one AdamW step each ---------------------------
+# Code that differs from the zoo's: windowed attention in a hierarchical vision encoder (Swin),
+# two towers with a contrastive loss (CLIP), an encoder with an upsampling decode head (Segformer),
+# disentangled relative-position attention (DeBERTa-v2), and newer decoders (Qwen2 with grouped
+# heads and qkv bias; Gemma2 with logit soft-capping and sliding-window layers).
+
+def _train_hf(device, build, inputs):
+    model = _made(build).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = inputs(device)
+    out = model(**batch)
+    out.loss.backward()
+    result = {"loss": out.loss.detach()}
+    for key in ("logits", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            result[key] = value.detach()
+    result.update({f"grad.{n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
+    opt.step()
+    result.update({f"param.{n}": p.detach() for n, p in model.named_parameters()})
+    return result
+
+
+def _tokens(device, shape=(2, 8), vocab=64):
+    ids = torch.randint(0, vocab, shape, device=device)
+    return {"input_ids": ids, "labels": ids}
+
+
+@program("hf_swin_image_classification", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                     window_size=4, num_labels=3)
+    return _train_hf(device, lambda: transformers.SwinForImageClassification(config),
+                     lambda d: {"pixel_values": torch.randn(2, 3, 32, 32, device=d),
+                                "labels": torch.randint(0, 3, (2,), device=d)})
+
+
+@program("hf_clip_contrastive", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16},
+        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=8)
+    return _train_hf(device, lambda: transformers.CLIPModel(config),
+                     lambda d: {"input_ids": torch.randint(0, 64, (3, 6), device=d),
+                                "pixel_values": torch.randn(3, 3, 16, 16, device=d), "return_loss": True})
+
+
+@program("hf_segformer_semantic_segmentation", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                                          patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                                          mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=3)
+    return _train_hf(device, lambda: transformers.SegformerForSemanticSegmentation(config),
+                     lambda d: {"pixel_values": torch.randn(2, 3, 32, 32, device=d),
+                                "labels": torch.randint(0, 3, (2, 32, 32), device=d)})
+
+
+@program("hf_deberta_v2_relative_attention", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.DebertaV2Config(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=32, max_position_embeddings=32, relative_attention=True,
+                                          position_buckets=8, pos_att_type=["p2c", "c2p"])
+    return _train_hf(device, lambda: transformers.DebertaV2ForMaskedLM(config), _tokens)
+
+
+@program("hf_qwen2_decoder", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return _train_hf(device, lambda: transformers.Qwen2ForCausalLM(config), _tokens)
+
+
+@program("hf_gemma2_softcap_sliding_window", needs="transformers")
+def _(device):
+    import transformers
+    config = transformers.Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                       max_position_embeddings=32, sliding_window=4)
+    return _train_hf(device, lambda: transformers.Gemma2ForCausalLM(config), _tokens)
+
+
+# -- diffusers (the 'diffusers' extra) -----------------------------------------------------------------
+
+@program("diffusers_unet2d_sampling_loop", needs="diffusers")
+def _(device):
+    import diffusers
+    unet = _made(lambda: diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                               block_out_channels=(8, 16), norm_num_groups=4,
+                                               down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                               up_block_types=("AttnUpBlock2D", "UpBlock2D"))).to(device).eval()
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50)
+    scheduler.set_timesteps(4)
+    sample = torch.randn(1, 3, 8, 8, device=device)
+    steps = {}
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            noise_pred = unet(sample, t).sample
+            sample = scheduler.step(noise_pred, t, sample).prev_sample  # draws its variance noise
+            steps[f"sample{i}"] = sample
+    return steps
+
+
+@program("diffusers_unet2d_condition_training_step", needs="diffusers")
+def _(device):
+    import diffusers
+    unet = _made(lambda: diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4, cross_attention_dim=12, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))).to(device)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    latents = torch.randn(2, 4, 8, 8, device=device)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, 50, (2,), device=device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    text = torch.randn(2, 5, 12, device=device)
+    pred = unet(noisy, timesteps, encoder_hidden_states=text).sample
+    loss = F.mse_loss(pred, noise)
+    loss.backward()
+    out = {"loss": loss.detach(), "pred": pred.detach(),
+           **{f"grad.{n}": p.grad for n, p in unet.named_parameters() if p.grad is not None}}
+    opt.step()
+    out.update({f"param.{n}": p.detach() for n, p in unet.named_parameters()})
+    return out
 
 
 # -- the comparison ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.utils._mode_utils import no_dispatch
 
-from ..graph.node import _EMPTY, Node, TensorSpec, intern_spec
+from ..graph.node import _EMPTY, NESTED, Node, TensorSpec, intern_spec
 
 aten = torch.ops.aten
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into dispatch.py)
@@ -42,8 +42,9 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
     if spec.layout is _STRIDED:
         t = _make_wrapper(LazyTensor, spec.shape, spec.stride, spec.offset, None, spec.dtype, _STRIDED,
                           DEVICES[spec.index], False, False, None, False, False, None, spec.storage_nbytes)
-    else:
-        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, spec.layout, DEVICES[spec.index],
+    else:  # sparse, or nested (NESTED: a strided tensor of the padded shape stands for it)
+        layout = _STRIDED if spec.layout is NESTED else spec.layout
+        t = _make_wrapper(LazyTensor, spec.shape, None, None, None, spec.dtype, layout, DEVICES[spec.index],
                           False, False, None, False, False, None, None)
     t._node = node
     t._spec = spec

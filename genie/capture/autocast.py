@@ -55,6 +55,9 @@ def _autocast(func, args, kwargs):
             return func(*args, **kwargs)
         dtype = torch.get_autocast_dtype(DEVICE_TYPE)
         call = device_choice.Call(func, args, kwargs, autocast_dtype=dtype)
+        if not any(isinstance(a, device_choice.LazyTensor) for a in call.flat):
+            raise NotImplementedError(f"{func}: autocast on {DEVICE_TYPE} applies to LazyTensors; this call has "
+                                      "none (a tracer's tensors of the device)")
         try:
             trace = call.trace()
         except UnsupportedOperatorException:  # without the policy the dtypes would be wrong: say so

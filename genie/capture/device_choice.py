@@ -3,8 +3,9 @@
 Some CompositeImplicitAutograd ops look at the device type of their inputs before picking what
 to call: ``scaled_dot_product_attention`` asks a per-device dispatch stub which fused kernel to
 use (a Python backend cannot register one, so on a PrivateUse1 device it always takes the math
-path), and the RNNs call ``_thnn_fused_lstm_cell`` / ``_thnn_fused_gru_cell`` for PrivateUse1
-(CUDA-only kernels) where CPU takes mkldnn or its own cell loop. Decomposed on a LazyTensor,
+path), the RNNs call ``_thnn_fused_lstm_cell`` / ``_thnn_fused_gru_cell`` for PrivateUse1
+(CUDA-only kernels) where CPU takes mkldnn or its own cell loop, and ``dropout`` takes the fused
+``native_dropout`` where CPU draws ``bernoulli_`` on a mask laid out like the input. Decomposed on a LazyTensor,
 those ops would compute something eager on the execution device never computes.
 
 So these ops get a kernel of their own, at the device's autograd key (and on the capture path,
@@ -34,6 +35,9 @@ def _ops():
         ("lstm", "input"), ("lstm", "data"), ("gru", "input"), ("gru", "data"),
         ("rnn_tanh", "input"), ("rnn_tanh", "data"), ("rnn_relu", "input"), ("rnn_relu", "data"),
         ("lstm_cell", "default"), ("gru_cell", "default"),
+        # dropout takes the fused native_dropout on CUDA and PrivateUse1 and bernoulli_ on a mask laid
+        # out like the input on CPU: for a channels-last input the two draw different masks
+        ("dropout", "default"),
     ]
     for packet, overload in names:
         op = getattr(getattr(aten, packet, None), overload, None)
@@ -193,6 +197,9 @@ def _isolated(trace, *args):
 def run(func, args, kwargs):
     """``func(*args, **kwargs)`` on LazyTensors, as eager on the execution device would run it."""
     call = Call(func, args, kwargs)
+    if not any(isinstance(a, LazyTensor) for a in call.flat):
+        # no LazyTensor: a tracer's tensors at this key (torch.export's fake tensors of the device)
+        return func.decompose(*args, **kwargs)
     try:
         trace = call.trace()
     except UnsupportedOperatorException:

@@ -254,6 +254,10 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     its first argument (``simple_inplace``) on tensors nothing aliases; arguments that are current
     LazyTensors, atoms or int lists; keyword arguments that are atoms; and a signature already in
     the cache. The key is the one ``_capture_general`` builds for the same call."""
+    if types is not None and len(types) > 1:
+        # another tensor subclass takes part (a torch.nested jagged tensor whose values live
+        # here): it goes first, and calls back here with its inner LazyTensors
+        return NotImplemented
     if _autograd_node() is not None:
         # an op autograd runs in backward: captured in the context of the forward module it came
         # from, by the same paths as any other op, its views without a shared storage object

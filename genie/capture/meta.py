@@ -97,8 +97,8 @@ def _convert(a, device, fill, lazy_cls, is_remote_device, storages, ones=False):
 
 def _out_spec(o):
     if isinstance(o, torch.Tensor):
-        if o.layout != torch.strided:
-            raise DataDependent(f"{o.layout} output")
+        if o.layout != torch.strided or o.is_nested:  # the structure of the output is data
+            raise DataDependent(f"{'nested' if o.is_nested else o.layout} output")
         return spec_of(o)
     if isinstance(o, (list, tuple)):
         return tuple(_out_spec(x) for x in o)
@@ -114,7 +114,8 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     # eager, skipped by meta kernels) can fire
     real = func._schema.name in REAL_KERNEL_METADATA or _writes_overlapping(opclass, args, kwargs, func, lazy_cls) \
         or (opclass.writes and _aliased_arguments(args, kwargs, lazy_cls)) \
-        or (func._schema.name in SLOW_META and _small_on_cpu(opclass, args, kwargs, lazy_cls))
+        or (func._schema.name in SLOW_META and _small_on_cpu(opclass, args, kwargs, lazy_cls)) \
+        or (func._schema.name in LAYOUT_BY_KERNEL and _execution_is_cpu() and _any_not_contiguous(args, lazy_cls))
     if not real:
         try:
             inf = _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
@@ -150,6 +151,11 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     except DataDependent:
         raise
     except Exception as e:
+        if not real:
+            # no meta kernel, and the kernel refused zero-filled stand-ins: the refusal may come from
+            # their values (the jagged kernels check offsets against a length), so the call runs on
+            # its real values, which raise eager's error if it has one
+            raise DataDependent(f"stand-ins refused without a meta kernel: {e}") from e
         return Inferred(None, None, e)
 
 
@@ -186,6 +192,18 @@ INDEXED_WRITES = frozenset({"aten::index_fill_", "aten::index_fill", "aten::inde
 # grows meets a new ``cat`` signature every step; on CPU execution, small ones are inferred by the
 # kernel that will run them (its layout and errors are eager's by definition).
 SLOW_META = frozenset({"aten::cat"})
+
+# Ops whose CPU kernels choose the output memory format from their inputs' by rules their meta
+# kernels do not follow: a 1x1 convolution of a channels-last input is channels-last on CPU
+# (mkldnn and the slow path take it if input or weight suggests it) and contiguous by the meta
+# kernel, so every later op, and the backward's gradients, ran in another layout than eager's
+# (a segmentation decode head: dropout masks drawn in another order, gradients apart by 3e-9).
+# With a non-contiguous tensor argument, the CPU kernel decides the layout, once per signature.
+LAYOUT_BY_KERNEL = frozenset({"aten::convolution", "aten::_convolution", "aten::convolution_backward"})
+
+
+def _any_not_contiguous(args, lazy_cls) -> bool:
+    return any(isinstance(a, lazy_cls) and not a.is_contiguous() for a in args)
 
 
 def _small_on_cpu(opclass, args, kwargs, lazy_cls) -> bool:

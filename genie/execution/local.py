@@ -110,6 +110,11 @@ _CPU_SUPPLEMENTS = {
 class LocalExecutor(Executor):
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
+        # outputs a kernel laid out otherwise than capture inferred (and _conform re-laid): a
+        # compiled program whose checked run re-laid any is not verified, since its fast variant
+        # skips the re-laying (a meta kernel's strides for a size-1 dimension differ from the CPU
+        # kernel's, and a later kernel's memory-format heuristic reads them)
+        self.relaid = 0
         self._generator = torch.cuda.default_generators[self.device.index] if self.device.type == "cuda" \
             else torch.default_generator
         self._supplements = _CPU_SUPPLEMENTS if self.device.type == "cpu" else {}
@@ -361,6 +366,7 @@ class LocalExecutor(Executor):
         if value.stride() != spec.stride or value.storage_offset() != spec.offset or \
                 value.is_conj() != spec.conj or value.is_neg() != spec.neg:
             value = clone_exact(value, spec)
+            self.relaid += 1
         return value
 
     def _resolve(self, args):

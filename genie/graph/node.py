@@ -114,7 +114,24 @@ def index_of(node) -> int | None:
     return None if spec is None else spec.index
 
 
+class _NestedLayout:
+    """The ``layout`` of a spec for a strided nested tensor (``t.is_nested``; its torch layout is
+    ``torch.strided`` too). Like a sparse value, its structure is data: it is always materialized,
+    and ops on it run on its value. Its LazyTensor reports the padded shape."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "nested"
+
+
+NESTED = _NestedLayout()
+
+
 def spec_of(t: torch.Tensor) -> TensorSpec:
+    if t.is_nested and t.layout == torch.strided:
+        sizes = t._nested_tensor_size()
+        padded = (sizes.shape[0], *sizes.amax(0).tolist()) if sizes.numel() else (sizes.shape[0],)
+        return intern_spec(padded, (), 0, t.dtype, 0, layout=NESTED)
     if t.layout != torch.strided:
         return intern_spec(t.shape, (), 0, t.dtype, 0, layout=t.layout)
     return intern_spec(t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes(),
