@@ -61,7 +61,7 @@ def conformance(session: nox.Session, device: str, executor: str) -> None:
     ``executor='remote'``: the same suites executed on a genie server (a subprocess per test
     process), so every check crosses the wire format and runs from resident values; its report
     goes to reports/conformance-remote/ (``-cuda`` in front for the CUDA device)."""
-    _install(session, "test,models")
+    _install(session, "test,models,diffusers")
     if device == "cuda":
         probe = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
                             silent=True, external=True)

@@ -197,14 +197,40 @@ def _models_html(models: list) -> str:
         return ""
     body = "".join(
         f"<tr class='{m['outcome']}'><td>{html.escape(m['family'])}</td><td>{html.escape(m['model'])}</td>"
-        f"<td>{html.escape(m['check'])}</td><td class='outcome'>{m['outcome']}</td>"
+        f"<td>{html.escape(m['check'])}</td><td class='outcome'>{m['outcome']}</td>{_bits_cell(m)}"
         f"<td>{html.escape(m.get('reason') or '')}</td></tr>"
         for m in sorted(models, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["family"], m["model"], m["check"])))
     counts = Counter(m["outcome"] for m in models)
     return (f"<h2>Models: real model code, lazy vs eager</h2><p id='models-counts'>{len(models)} checks: "
             + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) +
-            "</p><table id='models'><tr><th>family</th><th>model</th><th>check</th><th>outcome</th><th>reason</th>"
+            "</p><table id='models'><tr><th>family</th><th>model</th><th>check</th><th>outcome</th><th>bit-identical</th>"
+            "<th>reason</th>"
             f"</tr>{body}</table>")
+
+
+def _bits_cell(m: dict) -> str:
+    if "bit_identical" not in m:
+        return "<td></td>"
+    if m["bit_identical"]:
+        return "<td class='pass'>yes</td>"
+    return (f"<td class='xfail'>no: {html.escape(str(m.get('first_difference') or ''))} first, max |d| "
+            f"{m.get('max_abs_diff', 0):.3g}</td>")
+
+
+def _library_html(programs: list) -> str:
+    """The library-programs axis: one row per program, with its bit identity against eager."""
+    if not programs:
+        return ""
+    body = "".join(
+        f"<tr class='{m['outcome']}'><td>{html.escape(m['model'])}</td><td class='outcome'>{m['outcome']}</td>"
+        f"<td>{m.get('tensors_compared', '')}</td>{_bits_cell(m)}<td>{html.escape(m.get('reason') or '')}</td></tr>"
+        for m in sorted(programs, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["model"])))
+    counts = Counter(m["outcome"] for m in programs)
+    identical = sum(1 for m in programs if m.get("bit_identical"))
+    return (f"<h2>Library programs: library code on the device, lazy vs eager</h2><p id='library-counts'>"
+            f"{len(programs)} programs: " + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) +
+            f"; bit-identical to eager: {identical}</p><table id='library'><tr><th>program</th><th>outcome</th>"
+            f"<th>tensors compared</th><th>bit-identical</th><th>reason</th></tr>{body}</table>")
 
 
 def _suites_html(by_suite: dict) -> str:
@@ -257,7 +283,8 @@ aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in pas
 &middot; device {payload['device']} &middot; started {started} &middot; run time {payload['duration_s']} s</p>
 {_problems_html(problem_rows, 'fail', 'Failures', 'failures')}
 {_problems_html(problem_rows, 'xfail', 'Expected failures (manifest)', 'xfails')}
-{_models_html(models)}
+{_library_html([m for m in models if m['family'] == 'library'])}
+{_models_html([m for m in models if m['family'] != 'library'])}
 {_counts_table('Totals per dtype', s['by_dtype'])}
 {_counts_table('Totals per variant', s['by_variant'])}
 {_counts_table('Totals per device', s['by_device'])}
@@ -297,6 +324,13 @@ def summary_lines(payload: dict, report_path: str | None = None) -> list[str]:
     if models:
         mc = Counter(m["outcome"] for m in models)
         lines.append(f"models: {len(models)} checks, " + ", ".join(f"{o} {mc.get(o, 0)}" for o in OUTCOMES))
+        timed = [m for m in models if "bit_identical" in m]
+        if timed:
+            apart = [m for m in timed if not m["bit_identical"] and m["outcome"] == "pass"]
+            lines.append(f"bit-identical to eager: {len(timed) - len(apart)} of {len(timed)} passing checks that "
+                         f"compared tensors" + (": apart " + ", ".join(
+                             f"{m['model']}[{m['check']}] at {m.get('first_difference')} ({m.get('max_abs_diff', 0):.2g})"
+                             for m in apart[:12]) if apart else ""))
     lines.append(f"{'suite':<40} " + " ".join(f"{c:>8}" for c in SUITE_COLUMNS))
     for name, c in s["suites"].items():
         lines.append(f"{name[:40]:<40} " + " ".join(f"{c.get(k, 0):>8}" for k in SUITE_COLUMNS))

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conformance.bits import BitRecord
+
 REMOTE = "remote_accelerator"
 ATOL = RTOL = 1e-5
 SEED = 4321
@@ -593,10 +595,6 @@ def _cases():
         yield pytest.param(name, marks=marks, id=name)
 
 
-def _bits(t):
-    return t.contiguous().reshape(-1).view(torch.uint8) if t.dtype.is_floating_point or t.is_complex() else t
-
-
 def _run(name, device):
     torch.manual_seed(SEED)
     return PROGRAMS[name][0](device)
@@ -608,7 +606,7 @@ def test_library_program(name, device, record_property):
     lazy = _run(name, REMOTE)
     assert isinstance(expected, dict) and expected, f"{name}: the program returned nothing to compare"
     assert sorted(lazy) == sorted(expected), f"{name}: returned {sorted(lazy)}, eager {sorted(expected)}"
-    worst, identical = 0.0, True
+    bits = BitRecord()
     for key, e in expected.items():
         got = lazy[key]
         assert isinstance(e, torch.Tensor) and isinstance(got, torch.Tensor), key
@@ -617,12 +615,5 @@ def test_library_program(name, device, record_property):
         e = e.detach().to(got.device)
         assert got.dtype == e.dtype and got.shape == e.shape, f"{key}: {got.dtype}{list(got.shape)} vs {e.dtype}{list(e.shape)}"
         torch.testing.assert_close(got, e, atol=ATOL, rtol=RTOL, equal_nan=True, msg=lambda m: f"{name}: {key}: {m}")
-        if e.numel():
-            same_bits = torch.equal(_bits(got), _bits(e))  # (NaNs and signed zeros included)
-            identical = identical and same_bits
-            if not same_bits and e.dtype != torch.bool:
-                finite = torch.isfinite(e) & torch.isfinite(got) if e.dtype.is_floating_point else torch.ones_like(e, dtype=torch.bool)
-                if finite.any():
-                    worst = max(worst, (got[finite].double() - e[finite].double()).abs().max().item())
-    record_property("genie_detail", {"compared": len(expected), "bit_identical": identical, "max_abs_diff": worst})
-
+        bits.add(key, got, e)
+    record_property("genie_detail", {"tensors_compared": bits.compared, **bits.detail()})

@@ -24,6 +24,7 @@ from torch.testing._internal.common_modules import module_db
 from torch.utils import _pytree as pytree
 
 from conformance import manifest
+from conformance.bits import BitRecord
 from conformance.models import MODELS, ModelCase
 from conformance.test_opinfo import assert_rejects_like, first_line
 
@@ -104,6 +105,8 @@ def assert_same(actual, expected, what="output", host=(), allow_empty=False) -> 
         assert type(value) is torch.Tensor, f"{name}: materialized as {type(value).__name__}"
         torch.testing.assert_close(value, et.detach().cpu(), rtol=RTOL, atol=ATOL, equal_nan=True,
                                    msg=lambda m: f"{name}: {m}")
+        if _bits is not None:
+            _bits.add(name, value, et.detach().cpu())
         compared += 1
     assert compared or allow_empty, f"{what}: no tensor to compare (eager's output: {type(expected).__name__})"
     return compared
@@ -265,6 +268,8 @@ def _check_semantics(case, model, lazy, inputs, l_inputs) -> int:
 
 @pytest.mark.parametrize("case, check", list(_cases()))
 def test_model(case, check, record_property, pytestconfig):
+    global _bits
+    _bits = BitRecord()
     with _verdict(case.name, check, record_property):
         model, lazy, inputs, l_inputs = _build(case, _device(pytestconfig))
         if check == "forward":
@@ -275,7 +280,11 @@ def test_model(case, check, record_property, pytestconfig):
             compared = _check_semantics(case, model, lazy, inputs, l_inputs)
         else:
             compared = _check_generate(model, lazy, inputs, l_inputs, sampled=check == "generate_sampled")
-        record_property("genie_detail", {"tensors_compared": compared})
+        record_property("genie_detail", {"tensors_compared": compared, **_bits.detail()})
+
+
+# the bit identity of the tensors the running model check compares (assert_same adds to it)
+_bits: BitRecord | None = None
 
 
 @contextlib.contextmanager
