@@ -9,15 +9,19 @@ from conftest import DEVICE, host
 
 
 def test_same_node_as_dispatcher_path():
-    y = torch.randn(4, 4, device=DEVICE)
-    w = torch.randn(4, 4, device=DEVICE)
-    for make in (lambda: y + 1, lambda: 1 + y, lambda: y * 2.0, lambda: 3 * y, lambda: y - w, lambda: y / w,
-                 lambda: y @ w, lambda: y + True):
-        first, second = make(), make()  # the first fills the signature cache, the second is fast
+    hy, hw = torch.randn(4, 4), torch.randn(4, 4)
+    y, w = hy.to(DEVICE), hw.to(DEVICE)
+    programs = (lambda y, w: y + 1, lambda y, w: 1 + y, lambda y, w: y * 2.0, lambda y, w: 3 * y,
+                lambda y, w: y - w, lambda y, w: y / w, lambda y, w: y @ w, lambda y, w: y + True)
+    for make in programs:
+        first, second = make(y, w), make(y, w)  # the first fills the signature cache, the second is fast
         a, b = first.genie_node, second.genie_node
         assert a.target is b.target and a.spec is b.spec
         assert [type(x) for x in a.args] == [type(x) for x in b.args]
-        assert torch.equal(host(first), host(second))
+        expected = make(hy, hw)  # eager's value, dtype and strides
+        for got in (host(first), host(second)):
+            assert got.dtype == expected.dtype and got.stride() == expected.stride()
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_autograd_takes_the_dispatcher_path():
