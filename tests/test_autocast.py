@@ -72,26 +72,16 @@ def test_training_step_nested_and_disabled_regions(dtype):
 
 
 def test_grad_scaler_scales_unscales_and_skips_steps_as_eager():
-    def program(d):
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(d)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        scaler = torch.amp.GradScaler(_autocast_type(d), init_scale=2.0 ** 16, growth_interval=2)
-        out = []
-        for step in range(4):
-            x = torch.randn(5, 8).to(d)
-            if step == 1:
-                x[0, 0] = float("inf")  # an overflow: the step is skipped and the scale backs off
-            with torch.autocast(_autocast_type(d), dtype=torch.float16):
-                loss = model(x).float().square().mean()
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            scaler.step(opt)
-            scaler.update()
-            out += [loss.detach(), torch.tensor(scaler.get_scale())]
-        return out + [p.detach() for p in model.parameters()]
-
-    _both(program)
+    # the library program of the conformance suite: four fp16 steps, one of them overflowing (the
+    # step is skipped and the scale backs off); every loss, scale and parameter as eager's
+    from conformance.library_programs import PROGRAMS, SEED
+    program = PROGRAMS["grad_scaler_fp16"][0]
+    torch.manual_seed(SEED)
+    expected = program("cpu")
+    torch.manual_seed(SEED)
+    got = program(DEVICE)
+    assert sorted(got) == sorted(expected)
+    _same([got[k] for k in sorted(got)], [expected[k] for k in sorted(expected)])
 
 
 def test_autocast_reports_the_device_as_supported():

@@ -32,20 +32,7 @@ _libs: list = []  # the fallthrough's library, alive as long as the process
 
 
 def _ops_with_a_policy():
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    for schema in torch._C._jit_get_all_schemas():
-        if not schema.name.startswith("aten::"):
-            continue
-        name = schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
-        try:
-            covered = any(has(name, k) for k in _POLICY_KEYS)
-        except RuntimeError:  # a JIT-only schema with no dispatcher entry
-            continue
-        if covered:
-            packet = getattr(torch.ops.aten, schema.name[len("aten::"):], None)
-            op = getattr(packet, schema.overload_name or "default", None)
-            if op is not None:
-                yield op
+    return device_choice.aten_ops_with_kernels(keys_any=_POLICY_KEYS)
 
 
 def _autocast(func, args, kwargs):

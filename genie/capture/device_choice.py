@@ -325,21 +325,26 @@ def trace_count() -> int:
 _BACKEND_KEYS = ("CPU", "CUDA")
 
 
-def _backend_over_composite():
+def aten_ops_with_kernels(keys_all=(), keys_any=()):
+    """Every aten overload with a kernel at each of ``keys_all`` and at one of ``keys_any`` at least."""
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     for schema in torch._C._jit_get_all_schemas():
         if not schema.name.startswith("aten::"):
             continue
         name = schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
         try:
-            both = has(name, "CompositeImplicitAutograd") and any(has(name, k) for k in _BACKEND_KEYS)
+            wanted = all(has(name, k) for k in keys_all) and (not keys_any or any(has(name, k) for k in keys_any))
         except RuntimeError:  # a JIT-only schema with no dispatcher entry
             continue
-        if both:
+        if wanted:
             packet = getattr(aten, schema.name[len("aten::"):], None)
             op = getattr(packet, schema.overload_name or "default", None)
             if op is not None:
                 yield op
+
+
+def _backend_over_composite():
+    return aten_ops_with_kernels(keys_all=("CompositeImplicitAutograd",), keys_any=_BACKEND_KEYS)
 
 
 def execution_has_kernel(func) -> bool:
