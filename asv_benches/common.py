@@ -13,12 +13,14 @@ import genie  # noqa: F401  (registers the device)
 REMOTE = "remote_accelerator"
 
 
-def median_us(fn, number: int = 2000, repeat: int = 9) -> float:
-    """Median per-call microseconds of ``fn`` over ``repeat`` rounds of ``number`` calls."""
+def median_us(fn, number: int = 2000, repeat: int = 9, gc_on: bool = False) -> float:
+    """Median per-call microseconds of ``fn`` over ``repeat`` rounds of ``number`` calls, with the
+    cyclic GC off (as timeit times) unless ``gc_on``: a program's own collections then count."""
     fn()
     times = []
     gc_was = gc.isenabled()
-    gc.disable()
+    if not gc_on:
+        gc.disable()
     try:
         for _ in range(repeat):
             t0 = time.perf_counter()
@@ -31,12 +33,13 @@ def median_us(fn, number: int = 2000, repeat: int = 9) -> float:
     return statistics.median(times)
 
 
-def interleaved_ratio(eager_fn, lazy_fn, number: int = 2000, repeat: int = 9) -> tuple[float, float, float]:
+def interleaved_ratio(eager_fn, lazy_fn, number: int = 2000, repeat: int = 9,
+                      gc_on: bool = False) -> tuple[float, float, float]:
     """(ratio, eager_us, lazy_us): the rounds alternate so machine drift hits both alike."""
     eager, lazy = [], []
     for _ in range(repeat):
-        eager.append(median_us(eager_fn, number, 1))
-        lazy.append(median_us(lazy_fn, number, 1))
+        eager.append(median_us(eager_fn, number, 1, gc_on))
+        lazy.append(median_us(lazy_fn, number, 1, gc_on))
     e, la = statistics.median(eager), statistics.median(lazy)
     return la / e, e, la
 
