@@ -404,3 +404,18 @@ def test_linear_is_one_node_without_grad_and_decomposes_with_it():
     out.sum().backward()
     layer(x).sum().backward()
     torch.testing.assert_close(host(lazy.weight.grad), layer.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", [lambda t: t / 1.0, lambda t: t * 2, lambda t: 3 - t, lambda t: t + True],
+                         ids=["div", "mul", "rsub", "add_bool"])
+def test_a_number_operand_keeps_eagers_strides_for_a_size_one_dimension(op):
+    # a (1,16,4,4) tensor strided (16,1,64,16), as a transposed attention output viewed back: with a
+    # number operand the CPU kernel keeps the input's strides, where the meta kernel gave dim 0
+    # stride 256; group_norm's memory-format heuristic then took another path than eager's
+    x = torch.empty_strided((1, 16, 4, 4), (16, 1, 64, 16)).normal_()
+    expected = op(x)
+    got = op(x.to(DEVICE))
+    assert got.stride() == expected.stride() and got.dtype == expected.dtype
+    torch.testing.assert_close(host(got), expected, rtol=0, atol=0)
+    normed = torch.nn.functional.group_norm(got, 4)
+    torch.testing.assert_close(host(normed), torch.nn.functional.group_norm(expected, 4), rtol=0, atol=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..graph.node import TensorSpec, spec_of
+from ..graph.node import TensorSpec, intern_spec, spec_of
 from ._tls import eager_kernels
 from .schema import get_arg
 
@@ -119,6 +119,7 @@ def infer(func, opclass, args, kwargs, lazy_cls, is_remote_device) -> Inferred:
     if not real:
         try:
             inf = _infer_on(META, func, opclass, args, kwargs, lazy_cls, is_remote_device, fill=False)
+            inf = _wrapped_number_strides(func, opclass, args, kwargs, lazy_cls, is_remote_device, inf)
             if _kernel_checks_more(func, opclass, args, kwargs, lazy_cls):
                 error = _kernel_rejects(func, opclass, args, kwargs, lazy_cls, is_remote_device)
                 if error is not None:
@@ -240,6 +241,49 @@ def _kernel_rejects(func, opclass, args, kwargs, lazy_cls, is_remote_device):
             continue
         return None
     return errors[0] if type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1]) else None
+
+
+_NUMBERS = (bool, int, float, complex)
+
+
+def _wrapped_number_strides(func, opclass, args, kwargs, lazy_cls, is_remote_device, inf: Inferred) -> Inferred:
+    """A Python number where a pointwise op takes a Tensor (``t / 2.0``) is a wrapped 0-dim tensor.
+    On CPU it is an operand of the iteration like any other, so the output's shape differs from
+    the operands' and the output keeps the input's strides; the meta kernel drops it as a CPU
+    scalar beside meta tensors, takes the same-shape fast setup and lays out a size-1 dimension
+    otherwise (``(1,16,4,4)`` with strides ``(16,1,64,16)``: ``(256,1,64,16)``). A later kernel's
+    memory-format heuristic reads that stride (group_norm took another path than eager's). When a
+    tensor argument is not contiguous, the number is given to the meta kernel as a 0-dim meta
+    tensor, and the output takes that run's strides; dtypes stay the first run's (a 0-dim tensor
+    promotes otherwise than a number)."""
+    if opclass.writes or len(inf.outs) != 1 or inf.outs[0].__class__ is not TensorSpec or not _pointwise(func):
+        return inf
+    if all(a.is_contiguous() for a in args if isinstance(a, lazy_cls)):
+        return inf
+    target = func
+    schema_args = func._schema.arguments
+    if func._overloadname == "Scalar":  # ``3 - t`` is rsub.Scalar: its kernel wraps ``other`` as div.Tensor's binding does
+        target = getattr(func.overloadpacket, "Tensor", None)
+        if target is None:
+            return inf
+        schema_args = target._schema.arguments
+    numbers = [i for i, a in enumerate(args)
+               if a.__class__ in _NUMBERS and i < len(schema_args) and isinstance(schema_args[i].type, torch.TensorType)]
+    if not numbers:
+        return inf
+    as_tensors = list(args)
+    for i in numbers:
+        as_tensors[i] = torch.tensor(args[i], device=META)
+    try:
+        alt = _infer_on(META, target, opclass, tuple(as_tensors), kwargs, lazy_cls, is_remote_device, fill=False)
+    except Exception:
+        return inf
+    out, other = inf.outs[0], alt.outs[0]
+    if other.__class__ is not TensorSpec or other.shape != out.shape or other.stride == out.stride:
+        return inf
+    spec = intern_spec(out.shape, other.stride, out.offset, out.dtype, out.storage_nbytes, out.conj, out.neg,
+                       out.layout, out.index)
+    return Inferred((spec,), inf.mutated)
 
 
 def _execution_is_cpu() -> bool:
