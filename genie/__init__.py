@@ -16,7 +16,9 @@ from .capture import dispatch as _dispatch
 from .capture import rng as _rng
 from .capture.lazy_tensor import LazyTensor
 from .capture.stats import capture_stats, reset_capture_stats
-from .config import execution_device, set_execution_device
+from . import config as _config
+from .capture import decisions as _decisions
+from .config import execution_device
 from .execution import scheduler as _scheduler
 from .execution import syncs as _syncs
 from .execution.remote.api import RemoteError, ServerHandle, remote, server_stats, start_server
@@ -34,6 +36,14 @@ _rng.chain.materialize = _scheduler.materialize
 _dispatch.first_use = _semantic_context.install
 
 __version__ = "0.1.0"
+
+
+def set_execution_device(device) -> None:
+    """Where captured graphs execute from now on (``"cpu"`` or ``"cuda"``): the executor and every
+    decision capture made for the previous device (kernels, policies, traces) go with it."""
+    _config.set_execution_device(device)
+    _scheduler.reset_executor()
+    _decisions.forget()
 
 
 class RemoteAcceleratorDevice:

@@ -21,10 +21,10 @@ def execution_device() -> torch.device:
 
 
 def set_execution_device(device) -> None:
+    """Only the setting: ``genie.set_execution_device`` (the facade) is the one owner of a switch,
+    which also drops the executor and every decision made for the previous device."""
     global _device
-    from .execution import scheduler
     _device = _validate(device)
-    scheduler.reset_executor()
 
 
 def _validate(device) -> torch.device:

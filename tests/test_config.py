@@ -46,3 +46,36 @@ def test_cuda_execution_matches_cpu():
         assert z.genie_node.value.device.type == "cuda"
     finally:
         genie.set_execution_device("cpu")
+
+
+def test_switching_the_execution_device_forgets_the_decisions_made_for_the_last_one():
+    from genie.capture import device_choice, dispatch, factories, schema
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 4, 8)
+
+    def program(device):
+        x = q.to(device)
+        att = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        return att.relu() + torch.zeros(1, device=device)
+
+    expected = program("cpu")
+    torch.testing.assert_close(host(program(DEVICE)), expected, rtol=0, atol=0)
+    assert device_choice._traces and dispatch._cache and factories._seen
+    relu = schema.classify(torch.ops.aten.relu.default)
+    captured = relu.captured
+    genie.set_execution_device("cpu")
+    # every decision made by the previous device's kernels and policies is gone
+    assert not device_choice._traces and not dispatch._cache and not factories._seen
+    # the op classes are decided again, their counters and special handlers kept
+    assert schema.classify(torch.ops.aten.relu.default) is relu and relu.captured == captured
+    assert schema.classify(torch.ops.aten._to_copy.default).special is not None
+    torch.testing.assert_close(host(program(DEVICE)), expected, rtol=0, atol=0)
+
+
+def test_the_config_module_is_a_leaf():
+    import ast
+    import pathlib
+    source = pathlib.Path(genie.config.__file__).read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= {"__future__", "os", "torch"}, imported

@@ -207,6 +207,17 @@ def _is_tensorish(t) -> bool:
 _classes: dict = {}
 
 
+def reclassify() -> None:
+    """Decide again what depends on the execution device (``composite``: whether it has a kernel of
+    its own, and the paths that follow from it), keeping each op's counters and special handler."""
+    for oc in list(_classes.values()):
+        counts, special = (oc.captured, oc.eager, oc.fallback), oc.special
+        oc.__init__(oc.func)
+        oc.captured, oc.eager, oc.fallback = counts
+        if special is not None:
+            oc.special, oc.plain, oc.hot = special, False, False
+
+
 def classify(func) -> OpClass:
     c = _classes.get(id(func))
     if c is None:
