@@ -387,6 +387,10 @@ class LocalExecutor(Executor):
 
 _use_count = torch._C._storage_Use_Count
 _getrefcount = sys.getrefcount
+# exact reference counts: CPython before 3.14, with the GIL (3.14 documents that getrefcount may
+# under-report; free-threaded builds defer reference counting)
+_REFCOUNTS_EXACT = sys.implementation.name == "cpython" and sys.version_info < (3, 14) and \
+    getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _stealable(steal: int, src, value) -> bool:
@@ -400,8 +404,12 @@ def _stealable(steal: int, src, value) -> bool:
     state tensor in place: without this, each write copied the tensor first."""
     if src.__class__ is not Node or src.spec.__class__ is not TensorSpec:
         return False
-    # references to an input node: the writing node's args, this frame's and the caller's locals, getrefcount's
-    if steal == 2 and _getrefcount(src) > 4:
+    # references to an input node: the writing node's args, this frame's and the caller's locals, getrefcount's.
+    # This assumes sys.getrefcount counts every reference; where it may under-report (CPython 3.14
+    # documents borrowed references it can omit, and free-threaded builds defer counts), an
+    # under-report would let a write go to a buffer someone still reads: such interpreters never steal
+    # an input's buffer (they copy, as any write does without stealing).
+    if steal == 2 and (not _REFCOUNTS_EXACT or _getrefcount(src) > 4):
         return False
     spec = src.spec
     if value.dtype != spec.dtype or value.stride() != spec.stride or value.storage_offset() != spec.offset \
