@@ -95,6 +95,17 @@ def conformance(session: nox.Session, device: str, executor: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (the rules in pyproject.toml) and the import contracts in .importlinter: layers that run
+    one way, and no import cycle among the modules of any package (function-level imports count)."""
+    if not isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        session.install("ruff>=0.6", "import-linter>=2.1")
+    session.run("ruff", "check", "genie", "conformance", "tests", "asv_benches", "example", "noxfile.py")
+    # import-linter reads the sources (nothing is imported): genie is found from the checkout
+    session.run("lint-imports", env={"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """asv against the working tree, then ``asv continuous`` against main (non-zero on a slowdown)."""
     _install(session, "bench")

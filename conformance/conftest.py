@@ -23,8 +23,8 @@ import time
 os.environ.setdefault("GENIE_REPLAY_AFTER", "1")
 
 # torch's testing utilities load PyTorch's own hypothesis profile when CI is set; ours after.
-from torch.testing._internal import common_utils  # noqa: F401
 from hypothesis import HealthCheck, settings
+from torch.testing._internal import common_utils  # noqa: F401
 
 settings.register_profile("genie-ci", derandomize=True, deadline=None, max_examples=500, print_blob=True,
                           suppress_health_check=list(HealthCheck))

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 REMOTE = "remote_accelerator"
 ATOL = RTOL = 1e-5
 SEED = 4321

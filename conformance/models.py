@@ -9,7 +9,7 @@ models are always there; the ``transformers`` classes when that package is insta
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -61,7 +61,7 @@ def leaves_of(obj, prefix="out"):
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield from leaves_of(v, f"{prefix}[{i}]")
-    elif hasattr(obj, "layers") and isinstance(getattr(obj, "layers"), list):  # transformers' Cache
+    elif hasattr(obj, "layers") and isinstance(obj.layers, list):  # transformers' Cache
         for i, layer in enumerate(obj.layers):
             for attr in ("keys", "values"):
                 if not hasattr(layer, attr):

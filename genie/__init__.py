@@ -12,16 +12,16 @@ import contextlib
 import torch
 
 from . import _backend
+from . import config as _config
+from .capture import decisions as _decisions
 from .capture import dispatch as _dispatch
 from .capture import rng as _rng
 from .capture.lazy_tensor import LazyTensor
 from .capture.stats import capture_stats, reset_capture_stats
-from . import config as _config
-from .capture import decisions as _decisions
 from .config import execution_device
 from .execution import scheduler as _scheduler
 from .execution import syncs as _syncs
-from .execution.remote.api import RemoteError, ServerHandle, remote, server_stats, start_server
+from .execution.servers import RemoteError, ServerHandle, remote, server_stats, start_server
 from .graph.graph import Graph, get_graph, graph_of
 from .graph.node import Node, TensorSpec
 from .semantics import context as _semantic_context

@@ -1,9 +1,10 @@
 import os
 
+from hypothesis import HealthCheck, settings
+
 # torch's testing utilities load PyTorch's own hypothesis profile when CI is set; import them
 # first, then load ours so that ours wins.
 from torch.testing._internal import common_utils  # noqa: F401
-from hypothesis import HealthCheck, settings
 
 settings.register_profile("genie-ci", derandomize=True, deadline=None, max_examples=60, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

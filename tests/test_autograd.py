@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import genie
+
 from conftest import DEVICE, host
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
@@ -49,7 +50,8 @@ def test_cuda_execution_matches_cpu():
 
 
 def test_switching_the_execution_device_forgets_the_decisions_made_for_the_last_one():
-    from genie.capture import device_choice, dispatch, factories, schema
+    from genie.capture import device_choice, dispatch, factories
+    from genie.ops import schema
     torch.manual_seed(0)
     q = torch.randn(1, 2, 4, 8)
 

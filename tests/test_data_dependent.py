@@ -3,6 +3,7 @@
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 

@@ -80,8 +80,8 @@ def test_two_servers_are_two_devices(two):
 def test_an_op_over_two_devices_is_refused_as_eager_refuses_it(two):
     a = torch.ones(3, device=D0)
     b = torch.ones(3, device=D1)
-    msg = "Expected all tensors to be on the same device, but found at least two devices, " \
-          "remote_accelerator:0 and remote_accelerator:1!"
+    msg = ("Expected all tensors to be on the same device, but found at least two devices, "
+           "remote_accelerator:0 and remote_accelerator:1!")
     for op in (lambda: a + b, lambda: torch.mm(a.view(1, 3), b.view(3, 1)), lambda: a.add_(b),
                lambda: torch.cat([a, b]), lambda: torch.where(a > 0, a, b)):
         with pytest.raises(RuntimeError, match=msg):

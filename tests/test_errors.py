@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 
@@ -79,7 +80,7 @@ _lib.impl("explode", lambda x: (_ for _ in ()).throw(ValueError("kernel exploded
 def test_execution_errors_name_the_op(run):
     # the same structure materialized once, twice or three times: every execution path names the
     # op and the node, and keeps the kernel's exception type
-    for attempt in range(["first (interpreted)", "second (compiled, checked)", "third (compiled, fast)"].index(run) + 1):
+    for _attempt in range(["first (interpreted)", "second (compiled, checked)", "third (compiled, fast)"].index(run) + 1):
         lx = torch.ones(3, device=DEVICE) * 2
         node = lx.genie_node
         node.target = torch.ops.genie_test.explode.default

@@ -5,6 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import genie
+
 from conftest import DEVICE, host
 
 

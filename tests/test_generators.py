@@ -42,8 +42,8 @@ def test_each_op_draws_a_cpu_generators_stream(name, make):
     expected = [make("cpu", g) for g in [_gen("cpu", 5)] for _ in range(2)]
     g = _gen(DEVICE, 5)
     got = [make(DEVICE, g) for _ in range(2)]
-    for e, l in zip(expected, got):
-        torch.testing.assert_close(host(l), e, rtol=0, atol=0)
+    for e, lazy in zip(expected, got):
+        torch.testing.assert_close(host(lazy), e, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("order", list(itertools.islice(itertools.permutations(range(6)), 0, 720, 151)))

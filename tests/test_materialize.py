@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 

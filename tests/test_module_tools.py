@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import genie
+
 from conftest import DEVICE, host
 
 

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import genie
+
 from conftest import DEVICE, host
 
 
@@ -100,7 +101,7 @@ def test_tied_model_trains_like_eager():
             F.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
             opt.step()
         _same(lazy.embed.weight.grad, eager.embed.weight.grad)
-        for (n, p), (_, q) in zip(eager.named_parameters(), lazy.named_parameters()):
+        for (_, p), (_, q) in zip(eager.named_parameters(), lazy.named_parameters()):
             _same(q, p)
 
 

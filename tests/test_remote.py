@@ -73,7 +73,7 @@ def test_command_line_server_prints_its_address_and_a_token():
     finally:
         proc.terminate()
         proc.wait(10)
-        genie.execution.remote.api._drop(address)
+        genie.execution.servers._drop(address)
 
 
 # -------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_large_tensors_round_trip_exactly(srv, via, monkeypatch):
         pytest.skip("/dev/shm is not available on this machine")
     if via == "socket":
         monkeypatch.setattr(shm, "available", lambda: False)
-        genie.execution.remote.api._drop(srv.address)  # a fresh connection that offers no shared memory
+        genie.execution.servers._drop(srv.address)  # a fresh connection that offers no shared memory
     try:
         with genie.remote(srv) as ex:
             assert ex.conn.shm is (via == "shared memory")
@@ -201,7 +201,7 @@ def test_large_tensors_round_trip_exactly(srv, via, monkeypatch):
             b = torch.randn(1 << 18, dtype=torch.bfloat16)
             torch.testing.assert_close(host(b.to(DEVICE).sqrt()), b.sqrt(), rtol=0, atol=0, equal_nan=True)
     finally:
-        genie.execution.remote.api._drop(srv.address)
+        genie.execution.servers._drop(srv.address)
 
 
 # -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import genie
+from genie.execution import plan as plans
 from genie.execution import scheduler
 from genie.execution.replay import Program, ProgramCache
 
@@ -133,7 +134,7 @@ def test_a_training_loop_replays_every_step_exactly(programs):
     import copy
     lazy = copy.deepcopy(model).to(DEVICE)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (model, lazy)]
-    for step in range(8):
+    for _step in range(8):
         x = torch.randn(4, 8)
         losses = []
         for m, opt, xx in ((model, opts[0], x), (lazy, opts[1], x.to(DEVICE))):
@@ -214,7 +215,7 @@ def test_replay_can_be_switched_off(monkeypatch):
 
 
 def test_large_plans_are_interpreted(monkeypatch):
-    monkeypatch.setattr(scheduler, "MAX_COMPILED_NODES", 10)
+    monkeypatch.setattr(plans, "MAX_COMPILED_NODES", 10)
     y = torch.zeros(2, device=DEVICE)
     for _ in range(20):
         y = y + 1
@@ -324,7 +325,7 @@ def test_bindings_equal_their_overloads_on_real_programs(monkeypatch):
 def test_in_place_writes_reuse_buffers_only_where_nothing_else_sees_them(programs):
     ex = scheduler.get_executor()
     before = ex.steals
-    for step in range(4):
+    for _step in range(4):
         w = torch.full((3,), 2.0, device=DEVICE)
         host(w)
         held = w.genie_node  # the old value stays observable: it must not be written
@@ -352,7 +353,7 @@ def test_an_optimizer_loop_with_buffer_reuse_equals_eager(programs):
     model = torch.nn.Linear(5, 3)
     lazy = copy.deepcopy(model).to(DEVICE)
     opts = [torch.optim.AdamW(model.parameters(), lr=0.1), torch.optim.AdamW(lazy.parameters(), lr=0.1)]
-    for step in range(6):
+    for _step in range(6):
         x = torch.randn(4, 5)
         for m, opt, xx in ((model, opts[0], x), (lazy, opts[1], x.to(DEVICE))):
             opt.zero_grad()

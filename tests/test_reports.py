@@ -216,7 +216,7 @@ def test_xfail_rows_keep_their_failure_text(tmp_path):
 
 
 def test_suites_tell_compared_from_rejected_only_cells():
-    from conformance.report import summary_lines, suites
+    from conformance.report import suites, summary_lines
     payload = _passing_payload()
     payload["results"][1].update(compared=0, rejected=3)  # mul: eager rejects every sample; the device alike
     by_suite = suites(payload)["test_opinfo.py::test_op"]

@@ -6,6 +6,7 @@ import tracemalloc
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 

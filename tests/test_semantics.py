@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import genie
-from conftest import DEVICE, host
 from genie.semantics import context
+
+from conftest import DEVICE, host
 
 
 def _up(t):
@@ -272,8 +273,9 @@ def test_a_plugin_attention_kind_does_not_break_analysis():
         genie.patterns.unregister("attention")
         from genie.semantics.patterns import builtin
         genie.patterns.register("attention")(builtin.attention)  # the built-in one, back in its place
-        order = [e.kind for e in genie.patterns._registry]
-        genie.patterns._registry.insert(0, genie.patterns._registry.pop(order.index("attention")))
+        from genie.semantics.patterns import registry
+        order = [e.kind for e in registry._registry]
+        registry._registry.insert(0, registry._registry.pop(order.index("attention")))
 
 
 def test_module_hooks_do_not_change_values_or_module_results():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import genie
+
 from conftest import DEVICE, host
 
 

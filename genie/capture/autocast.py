@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 
 import torch
-
 from torch._subclasses.fake_tensor import UnsupportedOperatorException
 
 from .. import config

@@ -10,7 +10,8 @@ clears them all, so the new device decides afresh.
 
 from __future__ import annotations
 
-from . import device_choice, dispatch, factories, schema
+from ..ops import schema
+from . import device_choice, dispatch, factories
 
 
 def forget() -> None:

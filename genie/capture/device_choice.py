@@ -25,6 +25,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..ops.schema import WHOLE_WITHOUT_GRAD, execution_has_kernel
+
 aten = torch.ops.aten
 LazyTensor = None  # bound by lazy_tensor.py
 
@@ -221,7 +223,7 @@ class Call:
         self.shape: list = []
         _flatten(tuple(args) + tuple(kwargs.values()), self.flat, self.shape)
 
-    def with_leaves(self, flat) -> "Call":
+    def with_leaves(self, flat) -> Call:
         """The same call with other leaves (same structure)."""
         top = _rebuild(self.shape, flat, self.n_args + len(self.names))
         return Call(self.func, top[:self.n_args], dict(zip(self.names, top[self.n_args:])), self.autocast_dtype)
@@ -347,13 +349,6 @@ def _backend_over_composite():
     return aten_ops_with_kernels(keys_all=("CompositeImplicitAutograd",), keys_any=_BACKEND_KEYS)
 
 
-def execution_has_kernel(func) -> bool:
-    """Does the execution device have a backend kernel of its own for this op?"""
-    from .. import config
-    key = "CUDA" if config.execution_device().type == "cuda" else "CPU"
-    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
-
-
 def _whole(func, args, kwargs):
     if execution_has_kernel(func):
         return _below_autograd(func, args, kwargs)
@@ -384,7 +379,7 @@ def _below_autograd(func, args, kwargs):
 # When a gradient is needed, the composite decomposes as before, and autograd records its ops.
 # (The one difference: eager's 3-d ``linear`` output is a view of an internal addmm result,
 # ``_base`` set; the whole node's output is a fresh tensor.)
-WHOLE_WITHOUT_GRAD = (aten.linear.default, aten.layer_norm.default)
+# (the list, WHOLE_WITHOUT_GRAD, is an op fact: ops/schema.py, where OpClass reads it too)
 
 
 def _whole_without_grad(func, args, kwargs):

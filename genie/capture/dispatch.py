@@ -14,17 +14,17 @@ import threading
 
 import torch
 
-from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, on_index, op_name, spec_of
-from ..graph.node import keep_structure
+from .._torch import eager_kernels
+from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, keep_structure, on_index, op_name, spec_of
 from ..graph.node import scope as node_scope
+from ..ops.errors import op_error
+from ..ops.schema import _classes, classify, get_arg
 from . import written_memory
 from .aliasing import DEVICES, _mutate, _refresh, _storage_of, _wrap_out, new_lazy
-from ._tls import eager_kernels
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import DeviceGenerator, chain_for, link_random
 
 _Generator = torch._C.Generator
-from .schema import _classes, classify, get_arg
 
 aten = torch.ops.aten
 DEVICE_TYPE = "remote_accelerator"
@@ -519,22 +519,6 @@ def _follows_default_dtype(inf, args, kwargs) -> bool:
             elif isinstance(a, (list, tuple)):
                 stack.append(tuple(a))
     return True
-
-
-# exception types eager's kernels raise, kept when genie re-raises them with the op's name
-EAGER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError, ZeroDivisionError)
-
-
-def op_error(func, e: BaseException, prefix: str | None = None) -> BaseException:
-    """Re-raise what eager would raise, with the op's name (or ``prefix``) in front."""
-    msg = f"{prefix or op_name(func)}: {e}"
-    cls = type(e) if isinstance(e, EAGER_ERRORS) else RuntimeError
-    try:
-        err = cls(msg)
-    except Exception:
-        err = RuntimeError(msg)
-    err.__cause__ = e
-    return err
 
 
 def _flatten(specs):

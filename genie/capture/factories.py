@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from ..graph.node import Node, TensorSpec, op_name
+from ..ops.errors import op_error
+from ..ops.schema import _classes, classify
 from . import dispatch
-from .dispatch import (_DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup, _walk,
-                       new_lazy, op_error)
-from .schema import _classes, classify
+from .dispatch import _DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup, _walk, new_lazy
 from .special_ops import _QUANTIZED_DTYPES, _quantized
 
 _Generator = torch._C.Generator

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..graph.node import _EMPTY, Node, TensorSpec
+from ..ops.schema import classify
 from . import dispatch
-from .schema import classify
 
 aten = torch.ops.aten
 _grad_enabled = torch.is_grad_enabled

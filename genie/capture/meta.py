@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from .._torch import eager_kernels
 from ..graph.node import TensorSpec, intern_spec, spec_of
-from ._tls import eager_kernels
-from .schema import get_arg
+from ..ops.schema import get_arg
 
 META = torch.device("meta")
 CPU = torch.device("cpu")

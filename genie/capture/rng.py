@@ -25,35 +25,17 @@ import torch
 
 from .. import config
 from ..graph.node import Node
+from ..ops.rng_links import seed_state
 
 DEFAULT_SEED = 67280421310721  # torch's own default CPU seed
 FLUSH_LINKS = int(os.environ.get("GENIE_RNG_FLUSH_LINKS", "1024"))
-
-
-class _Spent:
-    """``node.rng`` of an executed random node whose successor has run: the state is not needed."""
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "SPENT"
-
-
-SPENT = _Spent()
-
-
-def _seed_state(seed):
-    """Op of a seed node: the generator state that ``manual_seed(seed)`` leaves."""
-    raise AssertionError("seed nodes are executed by the executor, not called")
-
-
-_seed_state.__name__ = "manual_seed"
 
 
 class RngChain:
     def __init__(self, index: int = 0):
         self.index = index  # the device whose generator this is (its seed nodes carry no spec)
         self._lock = threading.Lock()
-        self.head = Node(_seed_state, (DEFAULT_SEED,), {}, None)
+        self.head = Node(seed_state, (DEFAULT_SEED,), {}, None)
         self.initial_seed = DEFAULT_SEED
         self.pending = 0  # links captured since the chain last ran
         self.materialize = None  # bound by genie/__init__.py (the scheduler's materialize)
@@ -74,13 +56,13 @@ class RngChain:
     def seed(self, seed: int) -> None:
         with self._lock:
             self.initial_seed = int(seed)
-            self.head = Node(_seed_state, (int(seed),), {}, None)
+            self.head = Node(seed_state, (int(seed),), {}, None)
             self.pending = 0
 
     def set_state(self, state: torch.Tensor) -> None:
         self._check(state)
         with self._lock:
-            node = Node(_seed_state, (None,), {}, None)
+            node = Node(seed_state, (None,), {}, None)
             node.rng = state.clone()
             node.value = True  # already "executed": the state is given
             self.head = node

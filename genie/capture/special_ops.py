@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from .._torch import eager_kernels
 from ..graph.node import _EMPTY, Node, op_name
+from ..ops.schema import classify, get_arg
 from . import aliasing, device_choice, dispatch
-from ._tls import eager_kernels
 from .dispatch import DEVICE_TYPE, FALLTHROUGH, value_of
-from .schema import classify, get_arg
 
 aten = torch.ops.aten
 _dense = torch._prims_common.is_non_overlapping_and_dense_or_false

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..graph.node import op_name
-from .schema import _classes
+from ..ops.schema import _classes
 
 
 def _by_name(attr: str) -> dict:

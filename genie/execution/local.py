@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from ..capture._tls import eager_kernels
-from ..capture.dispatch import op_error
-from ..capture.rng import SPENT, _seed_state
-from ..capture.schema import classify, get_arg
+from .._torch import eager_kernels
 from ..graph.node import Node, TensorSpec, getitem, intern_spec, op_name
+from ..ops.errors import op_error
+from ..ops.rng_links import SPENT, seed_state
+from ..ops.schema import classify, get_arg
 from .base import Executor
 from .replay import ProgramCache, replay_enabled
 
@@ -161,7 +161,7 @@ class LocalExecutor(Executor):
         input (a tuple of those for a foreach op's written list); the write then goes to that
         value's own buffer instead of a copy where nothing else can see the buffer (see ``_stealable``)."""
         op = node.target
-        if op is _seed_state:
+        if op is seed_state:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(node.args[0])
             node.rng = gen.get_state()

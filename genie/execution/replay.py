@@ -1,7 +1,7 @@
 """Compiled replay: each plan structure is compiled once into Python code and replayed.
 
 Most programs materialize the same structure again and again (every training step, every decode
-step, every request). A plan's fingerprint (``scheduler.Plan.key``) holds what decides the code
+step, every request). A plan's fingerprint (``plan.Plan.key``) holds what decides the code
 that runs: each node's op overload, which earlier node or input each argument comes from, the
 argument structure, every atom that can change which kernel runs (dtypes, bools, strings, None,
 devices), the annotations marker, and which nodes are kept. It leaves out what only flows through
@@ -36,9 +36,10 @@ from collections import OrderedDict
 
 import torch
 
-from ..capture.schema import OpClass, classify
 from ..graph.node import getitem, op_name
-from .scheduler import ANN, END, EXT, INTS, KW, LIST, _TENSOR
+from ..ops.errors import op_error
+from ..ops.schema import OpClass, classify
+from .plan import _TENSOR, ANN, END, EXT, INTS, KW, LIST
 
 _OpOverload = torch._ops.OpOverload
 _counter = iter(range(1 << 62))
@@ -219,7 +220,6 @@ class Program:
             tb = tb.tb_next
         if i is None:
             return e
-        from ..capture.dispatch import op_error
         node = plan.nodes[i]
         return op_error(node.target, e, f"genie: executing {op_name(node.target)} (node %{node.id}) failed")
 

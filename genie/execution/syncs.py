@@ -82,8 +82,8 @@ class SyncReport:
         site.wait_s += wait_s
 
     def table(self) -> str:
-        head = f"{'source line':<40} {'syncs':>6} {'nodes':>7} {'replay':>6} {'compile':>7} {'interp':>6} " \
-               f"{'reads':>5} {'puts':>4} {'up':>10} {'down':>10} {'wait ms':>9}"
+        head = (f"{'source line':<40} {'syncs':>6} {'nodes':>7} {'replay':>6} {'compile':>7} {'interp':>6} "
+                f"{'reads':>5} {'puts':>4} {'up':>10} {'down':>10} {'wait ms':>9}")
         lines = [head, "-" * len(head)]
         for s in self.rows() + [self.total]:
             lines.append(f"{s.where if s.lineno else '<total>':<40.40} {s.syncs:>6} {s.nodes:>7} {s.replayed:>6} "

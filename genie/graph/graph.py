@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import operator
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.fx
@@ -103,9 +103,10 @@ def get_graph() -> Graph:
 
 def graph_of(*tensors) -> Graph:
     """The subgraph that the given LazyTensors' values depend on."""
-    from ..capture.lazy_tensor import LazyTensor
     seen: dict[int, Node] = {}
-    stack = [t.genie_node for t in tensors if isinstance(t, LazyTensor)]
+    # (a LazyTensor's node is its ``genie_node``; other tensors have none: the graph layer does not
+    # import capture's tensor class)
+    stack = [n for n in (getattr(t, "genie_node", None) for t in tensors) if n.__class__ is Node]
     while stack:
         n = stack.pop()
         if id(n) in seen:

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
 import inspect
+import os
 import threading
 import weakref
 

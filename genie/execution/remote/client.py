@@ -19,18 +19,16 @@ from collections import OrderedDict
 
 import torch
 
-from ...capture.rng import SPENT, _seed_state
 from ...graph.node import Node, TensorSpec, getitem
+from ...ops.errors import from_remote
+from ...ops.rng_links import SPENT, seed_state
 from ..base import WANT_VALUE, Executor
+from ..plan import _encode
 from . import shm, wire
 from .handle import RemoteValue
 from .wire import INLINE_MAX, Blob, Kind, Ref
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("GENIE_REMOTE_TIMEOUT_S", "60"))
-
-_ERRORS = {e.__name__: e for e in (RuntimeError, ValueError, TypeError, IndexError, KeyError, NotImplementedError,
-                                    ZeroDivisionError, OverflowError, MemoryError, torch.OutOfMemoryError)}
-
 
 class RemoteError(ConnectionError):
     """The server cannot be reached or broke the protocol; names the server and its address."""
@@ -53,7 +51,7 @@ def _provider(target):
 def _wire_name(target) -> str:
     if target is getitem:
         return "genie::getitem"
-    if target is _seed_state:
+    if target is seed_state:
         return "genie::manual_seed"
     schema = getattr(target, "_schema", None)
     if schema is None:
@@ -149,8 +147,7 @@ class Connection:
         if rkind is Kind.ERROR:
             if reply.get("unknown_structure"):
                 raise _UnknownStructure()
-            exc = _ERRORS.get(reply.get("type"), RuntimeError)
-            raise exc(f"{reply.get('message')} [genie server {self.address}]")
+            raise from_remote(reply.get("type"), f"{reply.get('message')} [genie server {self.address}]")
         if rkind is not Kind.DONE:
             self._kill(f"unexpected {rkind.name} answer")
             raise RemoteError(f"genie: server {self.address} answered {rkind.name} to {Kind(kind).name}")
@@ -252,7 +249,7 @@ def _encode_spec(s: TensorSpec) -> list:
 class Template:
     """What a fingerprint means on the wire, worked out once per fingerprint from a plan of it.
 
-    The walk mirrors ``scheduler._encode`` exactly: every argument that is not a node of the plan
+    The walk mirrors ``plan._encode`` exactly: every argument that is not a node of the plan
     takes the next input slot, so ``plan.inputs`` is the per-run slot data as it stands, and
     ``plan.specs`` holds each node's spec and each external node's spec at fixed positions."""
 
@@ -303,7 +300,7 @@ class Template:
                     link = j
                     consumed.add(j)
                 rng_nodes.append(i)
-            if n.target is _seed_state:
+            if n.target is seed_state:
                 seeds.append(i)
                 rng_nodes.append(i)
             if n.runtime is not None:
@@ -420,7 +417,6 @@ class RemoteExecutor(Executor):
 
     def execute(self, plan) -> None:
         if plan.key is None:  # too large to fingerprint: encode it anyway (slots as _encode would)
-            from ..scheduler import _encode
             _encode(plan, plan.nodes)
         tpl = self._template(plan)
         if not tpl.links_hold(plan.nodes):  # same fingerprint, other RNG links (a reseeded chain)

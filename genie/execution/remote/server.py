@@ -50,7 +50,8 @@ class Server:
         self.idle_s = idle_s
         self.frame_s = frame_s
         self.sock = socket.create_server((host, port), reuse_port=False)
-        self.address = "%s:%d" % self.sock.getsockname()[:2]
+        host, port = self.sock.getsockname()[:2]
+        self.address = f"{host}:{port}"
         self._closed = threading.Event()
         self.connections = 0
 
@@ -66,7 +67,7 @@ class Server:
                     return
                 raise
             self.connections += 1
-            threading.Thread(target=self._serve, args=(conn, "%s:%d" % peer[:2]), daemon=True,
+            threading.Thread(target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True,
                              name=f"genie-conn-{self.connections}").start()
 
     def close(self) -> None:

@@ -24,14 +24,14 @@ from collections import OrderedDict
 
 import torch
 
-from ...capture.rng import _seed_state
 from ...graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec
+from ...ops.rng_links import seed_state
 from ..local import LocalExecutor
-from ..scheduler import MAX_COMPILED_NODES, Plan, _count, _encode
+from ..plan import MAX_COMPILED_NODES, Plan, _count, _encode
 from .wire import Blob, ProtocolError, Ref, dtype_of
 
 _OP_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
-_GENIE_OPS = {"genie::getitem": getitem, "genie::manual_seed": _seed_state}
+_GENIE_OPS = {"genie::getitem": getitem, "genie::manual_seed": seed_state}
 _LAYOUT_NAMES = {str(x).removeprefix("torch."): x for x in (torch.strided, torch.sparse_coo, torch.sparse_csr,
                                                            torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)}
 _ANNOTATIONS = ("grad_enabled", "default_dtype", "reads_written", "shared_writes", "reads_written_items")
@@ -318,7 +318,7 @@ class Session:
                 else:
                     if i not in ext_rng:
                         raise ProtocolError(f"run: node {i} needs a generator state that was not sent")
-                    stub = Node(_seed_state, (None,), _EMPTY, None, value=True)
+                    stub = Node(seed_state, (None,), _EMPTY, None, value=True)
                     stub.rng = value_of(ext_rng[i])
                     if stub.rng.__class__ is not torch.Tensor:
                         raise ProtocolError(f"run: generator state for node {i} is not a tensor")

@@ -86,8 +86,8 @@ def register(t: torch.Tensor, seg: Segment) -> None:
     """``t`` lives in ``seg`` (from its first byte): an upload of it can name the segment instead of
     copying. The tensor keeps the segment (and so its file) alive."""
     t._genie_segment = seg
-    _registry[t.untyped_storage().data_ptr()] = weakref.ref(seg, lambda _r, p=t.untyped_storage().data_ptr():
-                                                            _registry.pop(p, None))
+    address = t.untyped_storage().data_ptr()
+    _registry[address] = weakref.ref(seg, lambda _r, p=address: _registry.pop(p, None))
 
 
 def registered(t: torch.Tensor):

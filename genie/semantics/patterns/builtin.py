@@ -12,9 +12,21 @@ activation nor a skip connection), an add of two values where neither depends on
 from __future__ import annotations
 
 from ...graph.node import Node
-from . import make_match, register
-from .index import (ACTIVATION_OPS, ARITHMETIC_OPS, BATCH_NORM_OPS, CONV_OPS, DROPOUT_OPS, MATMUL_OPERANDS,
-                    SPLIT_OPS, VIEW_OPS, PatternGraph, _tensor_args, output_index)
+from .index import (
+    ACTIVATION_OPS,
+    ARITHMETIC_OPS,
+    BATCH_NORM_OPS,
+    CONV_OPS,
+    DROPOUT_OPS,
+    MATMUL_OPERANDS,
+    SPLIT_OPS,
+    VIEW_OPS,
+    PatternGraph,
+    _tensor_args,
+    output_index,
+)
+from .match import make_match
+from .registry import register
 
 SOFTMAX_OPS = ("aten::_softmax", "aten::softmax", "aten::_safe_softmax", "aten::special_softmax")
 FUSED_ATTENTION_OPS = (

@@ -23,8 +23,8 @@ import torch
 
 from ...graph.graph import graph_of
 from ...graph.node import Node
-from . import make_match
 from .index import VIEW_OPS, PatternGraph, _first_tensor
+from .match import make_match
 
 
 class _PatternNode:

@@ -26,13 +26,12 @@ import tempfile
 import threading
 import time
 
-from .. import scheduler
-from .client import DEFAULT_TIMEOUT_S, Connection, RemoteError, RemoteExecutor
+from . import scheduler
+from .remote import pool
+from .remote.client import DEFAULT_TIMEOUT_S, RemoteError, RemoteExecutor
 
 START_TIMEOUT_S = float(os.environ.get("GENIE_SERVER_START_TIMEOUT_S", "120"))
 
-_pool: dict[str, RemoteExecutor] = {}
-_pool_lock = threading.Lock()
 
 
 class ServerHandle:
@@ -128,22 +127,11 @@ def _address(target) -> tuple[str, str | None]:
 def executor_for(target, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteExecutor:
     """The pooled executor for a server (connecting on first use)."""
     address, own_token = _address(target)
-    token = token or own_token or os.environ.get("GENIE_SERVER_TOKEN")
-    if not token:
-        raise ValueError(f"genie.remote: no token for {address} (pass token=..., or set GENIE_SERVER_TOKEN)")
-    with _pool_lock:
-        ex = _pool.get(address)
-        if ex is not None and ex.conn.dead is None:
-            return ex
-        host, _, port = address.rpartition(":")
-        ex = RemoteExecutor(Connection(host, int(port), token, timeout))
-        _pool[address] = ex
-        return ex
+    return pool.executor_for(address, token or own_token, timeout)
 
 
 def _drop(address: str) -> None:
-    with _pool_lock:
-        ex = _pool.pop(address, None)
+    ex = pool.drop(address)
     if ex is not None:
         if scheduler._executor is ex or ex in scheduler._others:
             scheduler.reset_executor()

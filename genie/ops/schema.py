@@ -11,6 +11,8 @@ import re
 
 import torch
 
+from .. import config
+
 Tag = torch.Tag
 
 
@@ -68,7 +70,7 @@ class OpClass:
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
         self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd") \
-            and not _execution_has_kernel(func) and not _whole_without_grad(func)
+            and not execution_has_kernel(func) and not _whole_without_grad(func)
         self.special = None  # a handler of dispatch's special-op table, set by dispatch
         # kernels whose outputs depend on the grad mode they run under (see GRAD_MODE_KERNELS)
         self.grad_mode = schema.name in GRAD_MODE_KERNELS
@@ -147,14 +149,18 @@ FLOAT_CHECKING_POINTWISE = frozenset({"aten::hardtanh", "aten::hardtanh_", "aten
 GRAD_MODE_KERNELS = frozenset({"aten::mkldnn_rnn_layer"})
 
 
+# Composites captured as one node when no gradient is needed (capture/device_choice.py says why).
+WHOLE_WITHOUT_GRAD = (torch.ops.aten.linear.default, torch.ops.aten.layer_norm.default)
+
+
 def _whole_without_grad(func) -> bool:
-    from .device_choice import WHOLE_WITHOUT_GRAD
     return func in WHOLE_WITHOUT_GRAD
 
 
-def _execution_has_kernel(func) -> bool:
-    from .device_choice import execution_has_kernel
-    return execution_has_kernel(func)
+def execution_has_kernel(func) -> bool:
+    """Does the execution device have a backend kernel of its own for this op?"""
+    key = "CUDA" if config.execution_device().type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
 
 
 # Ops that return a view of their first argument without saying so in their schema.
