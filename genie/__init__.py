@@ -15,7 +15,7 @@ from . import _backend
 from . import config as _config
 from .capture import decisions as _decisions
 from .capture import dispatch as _dispatch
-from .capture import rng as _rng
+from .capture import hooks as _capture_hooks
 from .capture.lazy_tensor import LazyTensor
 from .capture.stats import capture_stats, reset_capture_stats
 from .config import execution_device
@@ -30,10 +30,7 @@ from .semantics.analysis import analyze
 from .semantics.context import keep_structure, phase
 
 _backend.register()
-_dispatch._materialize = _scheduler.materialize
-_dispatch.beyond_device_0 = _scheduler._beyond_device_0
-_rng.chain.materialize = _scheduler.materialize
-_dispatch.first_use = _semantic_context.install
+_capture_hooks.semantics.first_use = _semantic_context.install
 
 __version__ = "0.1.0"
 

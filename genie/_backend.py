@@ -14,35 +14,30 @@ PrivateUse1 key without a LazyTensor fails in the dispatcher, which names the op
 from __future__ import annotations
 
 import os
-import threading
 
 import torch
 
 from .capture import autocast, device_choice, dispatch, factories, rng
+from .execution import scheduler
 
 NAME = "remote_accelerator"
 _registered = False
 _libs: list = []
 
 
-class _Current(threading.local):
-    index = 0  # the current device, per thread as CUDA's is
-
-
-_current = _Current()
 
 
 def _index(device) -> int:
     """The index ``device`` (an int, a string, a torch.device or None: the current one) names, in range."""
     if device is None:
-        return _current.index
+        return dispatch.current_index()
     if isinstance(device, int):
         index = device
     else:
         device = torch.device(device)
         if device.type != NAME:
             raise ValueError(f"{NAME}: expected a {NAME} device, got {device}")
-        index = _current.index if device.index is None else device.index
+        index = dispatch.current_index() if device.index is None else device.index
     return dispatch.check_index(index)
 
 
@@ -55,13 +50,13 @@ class _DeviceContext:
         self.previous = None
 
     def __enter__(self):
-        self.previous = _current.index
+        self.previous = dispatch.current_index()
         if self.index is not None:
-            _current.index = self.index
+            dispatch.set_current_index(self.index)
         return self
 
     def __exit__(self, *exc):
-        _current.index = self.previous
+        dispatch.set_current_index(self.previous)
         return False
 
 
@@ -89,16 +84,15 @@ class _DeviceModule:
     @staticmethod
     def device_count() -> int:
         # one device per genie server (genie.remote([...]), GENIE_SERVERS=a,b); one when local
-        from .execution import scheduler
         return scheduler.device_count()
 
     @staticmethod
     def current_device() -> int:
-        return _current.index
+        return dispatch.current_index()
 
     @staticmethod
     def set_device(device) -> None:
-        _current.index = _index(device)
+        dispatch.set_current_index(_index(device))
 
     @staticmethod
     def synchronize(device=None) -> None:
@@ -107,7 +101,7 @@ class _DeviceModule:
 
     @staticmethod
     def manual_seed(seed: int) -> None:
-        rng.chain_for(_current.index).seed(seed)
+        rng.chain_for(dispatch.current_index()).seed(seed)
 
     @staticmethod
     def manual_seed_all(seed: int) -> None:
@@ -116,7 +110,7 @@ class _DeviceModule:
     @staticmethod
     def seed() -> None:
         # a non-deterministic seed for this device only (torch.seed() would reseed the host too)
-        rng.chain_for(_current.index).seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+        rng.chain_for(dispatch.current_index()).seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
 
     @staticmethod
     def seed_all() -> None:
@@ -124,12 +118,11 @@ class _DeviceModule:
 
     @staticmethod
     def initial_seed() -> int:
-        return rng.chain_for(_current.index).initial_seed
+        return rng.chain_for(dispatch.current_index()).initial_seed
 
     @staticmethod
     def get_rng_state(device=None) -> torch.Tensor:
-        from .execution.scheduler import materialize
-        return rng.chain_for(_index(device)).get_state(materialize)
+        return rng.chain_for(_index(device)).get_state(scheduler.materialize)
 
     @staticmethod
     def set_rng_state(state: torch.Tensor, device=None) -> None:
@@ -264,8 +257,6 @@ def register() -> None:
     _setup_privateuseone_for_python_backend(rename=NAME, backend_module=_DeviceModule(), device_guard=_DeviceGuard())
     torch.Generator = Generator
     dispatch.DEVICE = dispatch.device_at(0)
-    dispatch.current_index = lambda: _current.index
-    dispatch.device_count = _DeviceModule.device_count
     lib = torch.library.Library("aten", "IMPL")
     _register_factories(lib)
     lib.impl("_copy_from", _copy_from, "PrivateUse1")

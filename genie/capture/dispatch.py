@@ -15,11 +15,12 @@ import threading
 import torch
 
 from .._torch import eager_kernels
+from ..execution.scheduler import beyond_device_0, device_count, materialize
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, keep_structure, on_index, op_name, spec_of
 from ..graph.node import scope as node_scope
 from ..ops.errors import op_error
 from ..ops.schema import _classes, classify, get_arg
-from . import written_memory
+from . import hooks, written_memory
 from .aliasing import DEVICES, _mutate, _refresh, _storage_of, _wrap_out, new_lazy
 from .meta import DataDependent, Inferred, NoMetaKernel, infer
 from .rng import DeviceGenerator, chain_for, link_random
@@ -31,11 +32,7 @@ DEVICE_TYPE = "remote_accelerator"
 DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is registered
 
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
-_materialize = None  # bound by genie/execution/scheduler.py
-first_use = None  # genie/semantics installs its hooks through this on the first capture
-module_moved = None  # semantics: called with each module moved onto (or off) the device
-module_restored = None  # semantics: called with each module whose state was just set (copies, unpickling)
-backward_context = None  # semantics: the module context of a backward op being captured
+_hooks = hooks.semantics  # what semantics plugged in (capture/hooks.py)
 _autograd_node = torch._C._current_autograd_node
 _STRIDED = torch.strided
 
@@ -80,9 +77,19 @@ def device_at(index: int) -> torch.device:
     return DEVICES[index]
 
 
-current_index = None  # bound by _backend: the current device's index (torch.remote_accelerator.current_device)
-device_count = None  # bound by _backend: how many remote_accelerator devices there are
-beyond_device_0 = None  # bound by the scheduler: called on a thread that makes a tensor on a device past 0
+class _Current(threading.local):
+    index = 0  # the current device (torch.remote_accelerator.current_device), per thread as CUDA's is
+
+
+_current = _Current()
+
+
+def current_index() -> int:
+    return _current.index
+
+
+def set_current_index(index: int) -> None:
+    _current.index = index
 
 
 def check_index(index: int) -> int:
@@ -261,6 +268,7 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     if _autograd_node() is not None:
         # an op autograd runs in backward: captured in the context of the forward module it came
         # from, by the same paths as any other op, its views without a shared storage object
+        backward_context = _hooks.backward_context
         if backward_context is None:
             return _dispatch(func, args, kwargs, False)
         saved = node_scope.ctx
@@ -380,8 +388,8 @@ def _dispatch(func, args, kwargs, share_storage=True):
 
 
 def capture(func, args, kwargs):
-    if first_use is not None:
-        first_use()
+    if _hooks.first_use is not None:
+        _hooks.first_use()
     oc = _classes.get(id(func))
     if oc is None:
         oc = classify(func)
@@ -603,7 +611,7 @@ def value_of(t, local: bool = True) -> torch.Tensor:
     s = t._storage
     if s is not None and t._seen != s.version:
         _refresh(t)
-    return _materialize(t._node, local)
+    return materialize(t._node, local)
 
 
 def _real(a):

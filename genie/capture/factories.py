@@ -8,7 +8,7 @@ import torch
 from ..graph.node import Node, TensorSpec, op_name
 from ..ops.errors import op_error
 from ..ops.schema import _classes, classify
-from . import dispatch
+from . import dispatch, hooks
 from .dispatch import _DATA_DEPENDENT, _FALLBACK, DEVICE_TYPE, _build, _lookup, _walk, new_lazy
 from .special_ops import _QUANTIZED_DTYPES, _quantized
 
@@ -56,11 +56,12 @@ def _seen_key(func, args, kwargs):
 def capture_factory(func, args, kwargs):
     """PrivateUse1 kernel body for factories. Their keyword arguments (dtype, layout, device,
     pin_memory, ...) are hashable constants, so they enter the signature as they are."""
-    if dispatch.first_use is not None:
-        dispatch.first_use()
-    if dispatch.backward_context is not None and dispatch._autograd_node() is not None:
+    semantics = hooks.semantics
+    if semantics.first_use is not None:
+        semantics.first_use()
+    if semantics.backward_context is not None and dispatch._autograd_node() is not None:
         saved = dispatch.node_scope.ctx
-        dispatch.node_scope.ctx = dispatch.backward_context()  # a factory in a backward formula
+        dispatch.node_scope.ctx = semantics.backward_context()  # a factory in a backward formula
         try:
             return _capture_factory(func, args, kwargs)
         finally:

@@ -14,7 +14,7 @@ import torch
 
 from ..graph.node import _EMPTY, Node, TensorSpec
 from ..ops.schema import classify
-from . import dispatch
+from . import dispatch, hooks
 
 aten = torch.ops.aten
 _grad_enabled = torch.is_grad_enabled
@@ -22,6 +22,7 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _autocast = torch._C._is_any_autocast_enabled
 _autograd_node = torch._C._current_autograd_node
+_hooks = hooks.semantics
 _jit_tracing = torch._C._get_tracing_state
 _SCALARS = (int, float, bool)
 
@@ -33,7 +34,7 @@ def _fast(oc, a, b):
     if _grad_enabled():
         if a.requires_grad:
             return None
-    elif dispatch.backward_context is not None and _autograd_node() is not None:
+    elif _hooks.backward_context is not None and _autograd_node() is not None:
         return None  # a custom Function's Python backward: captured in its forward module's context
     s = a._storage
     if s is not None and a._seen != s.version:

@@ -23,6 +23,8 @@ import threading
 
 import torch
 
+from . import hooks
+
 _original_apply = torch.nn.Module._apply
 _state = threading.local()
 
@@ -69,10 +71,10 @@ def _apply(self, fn, recurse=True):
         _state.active = False
     if touched_device:
         _retie(before)
-        if dispatch.first_use is not None:
-            dispatch.first_use()
-        if dispatch.module_moved is not None:
-            dispatch.module_moved(self)
+        if hooks.semantics.first_use is not None:
+            hooks.semantics.first_use()
+        if hooks.semantics.module_moved is not None:
+            hooks.semantics.module_moved(self)
     return self
 
 
@@ -102,9 +104,8 @@ def _setstate(self, state):
     gets a chance to be made its own (semantics rebinds a module-context forward copied from the
     module the state came from)."""
     _original_setstate(self, state)
-    from . import dispatch
-    if dispatch.module_restored is not None:
-        dispatch.module_restored(self)
+    if hooks.semantics.module_restored is not None:
+        hooks.semantics.module_restored(self)
 
 
 def install() -> None:

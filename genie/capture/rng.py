@@ -24,6 +24,7 @@ import weakref
 import torch
 
 from .. import config
+from ..execution.scheduler import materialize
 from ..graph.node import Node
 from ..ops.rng_links import seed_state
 
@@ -38,7 +39,6 @@ class RngChain:
         self.head = Node(seed_state, (DEFAULT_SEED,), {}, None)
         self.initial_seed = DEFAULT_SEED
         self.pending = 0  # links captured since the chain last ran
-        self.materialize = None  # bound by genie/__init__.py (the scheduler's materialize)
         self.state_numel = -1  # the size of the states get_state has handed out
 
     def link(self, node: Node) -> None:
@@ -50,8 +50,8 @@ class RngChain:
             flush = self.pending >= FLUSH_LINKS
             if flush:
                 self.pending = 0
-        if flush and self.materialize is not None:
-            self.materialize(prev)
+        if flush:
+            materialize(prev)
 
     def seed(self, seed: int) -> None:
         with self._lock:
@@ -101,7 +101,6 @@ def chain_for(index: int) -> RngChain:
         while len(chains) <= index:
             c = RngChain(len(chains))
             c.seed(_all_seed[0])
-            c.materialize = chain.materialize
             chains.append(c)
     return chains[index]
 
@@ -135,7 +134,6 @@ class DeviceGenerator(torch._C.Generator):
     def __new__(cls, index: int = 0):
         self = super().__new__(cls, "cpu")
         self.chain = RngChain(index)
-        self.chain.materialize = chain.materialize
         # ops receive the generator re-wrapped by the dispatcher (a plain torch._C.Generator over
         # the same C++ generator): the chain is found again by that generator's address
         _generator_chains[self._cdata] = self.chain
@@ -160,7 +158,7 @@ class DeviceGenerator(torch._C.Generator):
         return self.chain.initial_seed
 
     def get_state(self) -> torch.Tensor:
-        return self.chain.get_state(self.chain.materialize)
+        return self.chain.get_state(materialize)
 
     def set_state(self, state):
         self.chain.set_state(state)

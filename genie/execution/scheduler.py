@@ -81,7 +81,7 @@ def reset_executor() -> None:
 _serial_backward = threading.local()
 
 
-def _beyond_device_0() -> None:
+def beyond_device_0() -> None:
     # a thread that makes tensors on remote_accelerator:1 or later will run their backward
     if getattr(_serial_backward, "was", None) is None:
         _autograd_in_caller(True)

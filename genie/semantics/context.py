@@ -44,6 +44,7 @@ import torch
 from torch.nn.modules import module as _nn_module
 from torch.optim import optimizer as _optimizer
 
+from ..capture import hooks
 from ..graph.node import scope
 
 PHASES = ("forward", "backward", "optimizer", "prefill", "decode")
@@ -574,8 +575,7 @@ _enabled = os.environ.get("GENIE_SEMANTICS", "1") != "0"
 def install() -> None:
     """Install the process-wide parts (idempotent): the backward and optimizer links and the
     registration hooks that track modules built on the device. Called on the first capture."""
-    from ..capture import dispatch
-    dispatch.first_use = None
+    hooks.semantics.first_use = None
     if not _enabled or _handles:
         return
     with _lock:
@@ -586,20 +586,16 @@ def install() -> None:
         _handles.append(_nn_module.register_module_parameter_registration_hook(_on_tensor_registered))
         _handles.append(_nn_module.register_module_buffer_registration_hook(_on_tensor_registered))
         _handles.append(_nn_module.register_module_module_registration_hook(_on_module_registered))
-        dispatch.backward_context = backward_context
-        dispatch.module_moved = module_moved
-        dispatch.module_restored = rebind
+        hooks.semantics.connect(backward_context=backward_context, module_moved=module_moved,
+                                module_restored=rebind)
 
 
 def uninstall() -> None:
-    from ..capture import dispatch
     with _lock:
         for h in _handles:
             h.remove()
         _handles.clear()
-        dispatch.backward_context = None
-        dispatch.module_moved = None
-        dispatch.module_restored = None
+        hooks.semantics.disconnect()
 
 
 def installed() -> bool:
