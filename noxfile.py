@@ -48,8 +48,9 @@ def tests(session: nox.Session) -> None:
                 env={"OMP_NUM_THREADS": "1", "GENIE_REPLAY_AFTER": "1"})
     # and once more with a genie server (a subprocess) as the execution target: every program of
     # the suite then crosses the wire format and runs from resident values
+    # (GENIE_CHECK_TEMPLATES: every plan's remote template is checked against the local encoder)
     session.run("pytest", "tests", "-p", "no:cacheprovider", "-q", *session.posargs,
-                env={"OMP_NUM_THREADS": "1", "GENIE_TEST_SERVER": "1"})
+                env={"OMP_NUM_THREADS": "1", "GENIE_TEST_SERVER": "1", "GENIE_CHECK_TEMPLATES": "1"})
 
 
 @nox.session(python=PYTHON)

@@ -50,3 +50,26 @@ def host(t):
     out = t.cpu()
     assert type(out) is torch.Tensor
     return out
+
+
+if os.environ.get("GENIE_CHECK_TEMPLATES") == "1":
+    @pytest.fixture(autouse=True)
+    def _remote_template_agrees_with_the_encoder(monkeypatch):
+        """Every fingerprinted plan of the test: the remote client's template reads it as the local
+        encoder wrote it (slots, external arguments, specs): the two walks of one format agree."""
+        from genie.execution import plan as plans
+        from genie.execution import scheduler
+        from genie.execution.remote.client import Template
+        problems = []
+
+        class Checked(plans.Plan):
+            __slots__ = ()
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                if self.key is not None:
+                    problems.extend(Template(self).disagreements(self))
+
+        monkeypatch.setattr(scheduler, "Plan", Checked)
+        yield
+        assert not problems, problems[:5]

@@ -573,3 +573,21 @@ def test_optimizer_steps_on_the_server_write_in_place_without_copies(remote):
     # each step updates 4 parameters and their two AdamW moments in place, on their own buffers (a
     # resident value the plan supersedes is not copied first)
     assert genie.server_stats()["steals"] - before >= 2 * 4 * 3
+
+
+def test_the_template_and_the_encoder_read_one_format():
+    # the remote template walks a plan as plan._encode does (slots, external arguments, specs); the
+    # nox tests session checks that on every plan of the suite (GENIE_CHECK_TEMPLATES=1), and a
+    # template made to disagree is caught
+    from genie.execution import plan as plans
+    from genie.execution.remote.client import Template
+    w = torch.randn(4, 4).to(DEVICE)
+    genie.materialize(w)
+    y = (torch.randn(4, 4, device=DEVICE) @ w).relu().sum(0) + torch.ones(4, device=DEVICE)
+    plan = plans.Plan(y.genie_node)
+    template = Template(plan)
+    assert template.disagreements(plan) == [] and template.ext_slots
+    template.slots += 1
+    template.node_spec_pos[-1] = 0
+    problems = template.disagreements(plan)
+    assert len(problems) == 2 and "input slots" in problems[0]

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import torch
 
-from ...graph.node import Node, TensorSpec, getitem
+from ...graph.node import Node, TensorSpec, getitem, op_name
 from ...ops.errors import from_remote
 from ...ops.rng_links import SPENT, seed_state
 from ..base import WANT_VALUE, Executor
@@ -246,6 +246,15 @@ def _encode_spec(s: TensorSpec) -> list:
     return enc
 
 
+def _argument_at(nodes, path):
+    """The argument a template path names: (node index, "a" or "k", position or name, list indices...)."""
+    i, kind, key, *inner = path
+    a = nodes[i].args[key] if kind == "a" else nodes[i].kwargs[key]
+    for k in inner:
+        a = a[k]
+    return a
+
+
 class Template:
     """What a fingerprint means on the wire, worked out once per fingerprint from a plan of it.
 
@@ -254,7 +263,7 @@ class Template:
     ``plan.specs`` holds each node's spec and each external node's spec at fixed positions."""
 
     __slots__ = ("raw", "fp", "node_spec_pos", "ext_slots", "ext_rng", "keep", "seeds", "rng_live", "rng_links",
-                 "rng_consumed", "annotated", "imports")
+                 "rng_consumed", "annotated", "imports", "slots")
 
     def __init__(self, plan):
         nodes = plan.nodes
@@ -306,6 +315,7 @@ class Template:
             if n.runtime is not None:
                 annotated.append(i)
             records.append([_wire_name(n.target), args, kwargs, link])
+        self.slots = slot
         self.raw = wire.pack(records)
         self.imports = sorted({m for m in map(_provider, (n.target for n in nodes)) if m})
         self.fp = hashlib.blake2b(self.raw, digest_size=16).digest()
@@ -318,6 +328,23 @@ class Template:
         self.rng_links = [(i, r[3]) for i, r in enumerate(records) if r[3] is not None]
         self.rng_live = [i for i in rng_nodes if i not in consumed]
         self.rng_consumed = sorted(consumed)
+
+    def disagreements(self, plan) -> list[str]:
+        """Where this template's reading of ``plan`` differs from the local encoder's (``plan._encode``):
+        the number of input slots, each external argument's slot and spec, each node's spec. Empty
+        when they agree, as they must for every plan (the tests check every plan of the suite)."""
+        problems = []
+        if self.slots != len(plan.inputs):
+            problems.append(f"{self.slots} input slots, the encoder made {len(plan.inputs)}")
+        nodes, specs = plan.nodes, plan.specs
+        for i, at in enumerate(self.node_spec_pos):
+            if at >= len(specs) or specs[at] is not nodes[i].spec:
+                problems.append(f"node {i} ({op_name(nodes[i].target)}): spec position {at} holds another spec")
+        for slot, at, path in self.ext_slots:
+            arg = _argument_at(nodes, path)
+            if slot >= len(plan.inputs) or at >= len(specs) or specs[at] is not arg.spec:
+                problems.append(f"external argument at {path}: slot {slot} or spec position {at} disagrees")
+        return problems
 
     def links_hold(self, nodes) -> bool:
         """Whether the RNG links of ``nodes`` are the ones this template was made from. The
