@@ -49,9 +49,6 @@ def _marker(name):
     return _MARKERS[name]
 
 
-_NUMBERS = (int, float)
-
-
 class Plan:
     """The nodes to run for ``target`` (topological order), what to keep, and the fingerprint.
 
@@ -63,9 +60,19 @@ class Plan:
     __slots__ = ("nodes", "target", "key", "inputs", "specs", "kept", "last_use", "fetched")
 
     def __init__(self, target: Node, fingerprint: bool = True):
+        self._build(target, _collect(target), fingerprint, None)
+
+    @classmethod
+    def over(cls, nodes: list, kept_set) -> Plan:
+        """A plan over nodes rebuilt elsewhere (a server's session), fingerprinted for replay,
+        keeping what the client keeps (``kept_set``: their indices)."""
+        plan = cls.__new__(cls)
+        plan._build(nodes[-1], nodes, True, [i in kept_set for i in range(len(nodes))])
+        return plan
+
+    def _build(self, target: Node, nodes: list, fingerprint: bool, kept) -> None:
         self.target = target
         self.fetched = None  # a remote executor brings the target's value back here when asked
-        nodes = _collect(target)
         n = len(nodes)
         self.nodes = nodes
         if fingerprint and n <= MAX_COMPILED_NODES:
@@ -73,10 +80,11 @@ class Plan:
         else:
             self.key = self.inputs = self.specs = None
             occ, last = _count(nodes)
-        getref = sys.getrefcount
-        # references to a node: getrefcount's argument, the nodes list, and occ[i] arguments of the plan
-        kept = [getref(nodes[i]) - 2 > occ[i] or nodes[i].rng is not None for i in range(n)]
-        kept[-1] = True  # the target (largest id)
+        if kept is None:
+            getref = sys.getrefcount
+            # references to a node: getrefcount's argument, the nodes list, and occ[i] arguments of the plan
+            kept = [getref(nodes[i]) - 2 > occ[i] or nodes[i].rng is not None for i in range(n)]
+            kept[-1] = True  # the target (largest id)
         self.kept = kept
         self.last_use = last
         if self.key is not None:

@@ -48,7 +48,6 @@ from ..capture import hooks
 from ..graph.node import scope
 
 PHASES = ("forward", "backward", "optimizer", "prefill", "decode")
-PHASE_SOURCES = ("explicit", "call", "heuristic", "default")
 
 
 class Context:
@@ -609,8 +608,7 @@ def suspended():
     global _enabled
     was_installed, was_enabled = installed(), _enabled
     saved = list(_tracked)
-    untrack_all = [m for m in saved]
-    for m in untrack_all:
+    for m in saved:
         untrack(m)
     uninstall()
     _enabled = False

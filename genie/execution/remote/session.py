@@ -27,7 +27,7 @@ import torch
 from ...graph.node import _EMPTY, Node, TensorSpec, getitem, intern_spec
 from ...ops.rng_links import seed_state
 from ..local import LocalExecutor
-from ..plan import MAX_COMPILED_NODES, Plan, _count, _encode
+from ..plan import Plan
 from .wire import Blob, ProtocolError, Ref, dtype_of
 
 _OP_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
@@ -37,10 +37,6 @@ _LAYOUT_NAMES = {str(x).removeprefix("torch."): x for x in (torch.strided, torch
 _ANNOTATIONS = ("grad_enabled", "default_dtype", "reads_written", "shared_writes", "reads_written_items")
 # how long a run waits for the device while other clients' runs hold it
 RUN_LOCK_TIMEOUT_S = float(os.environ.get("GENIE_SERVER_RUN_TIMEOUT_S", "600"))
-
-
-class RemoteOpError(RuntimeError):
-    """An op failed on the server; carries eager's exception type name for the client."""
 
 
 def resolve_op(name):
@@ -329,7 +325,7 @@ class Session:
 
         keep = _pairs(msg.get("keep", []))
         rkeep = _pairs(msg.get("rkeep", []))
-        plan = _plan(nodes, {i for i, _ in keep})
+        plan = Plan.over(nodes, {i for i, _ in keep})
         self.last_mode = state.execute(plan)
         values = self.values
         for i, vid in keep:
@@ -413,21 +409,3 @@ def _where(v):
     return _index(v)
 
 
-def _plan(nodes, kept_set) -> Plan:
-    """A scheduler Plan over rebuilt nodes: keep what the client keeps, fingerprint for replay."""
-    plan = Plan.__new__(Plan)
-    plan.target = nodes[-1]
-    plan.nodes = nodes
-    n = len(nodes)
-    if n <= MAX_COMPILED_NODES:
-        _occ, last = _encode(plan, nodes)
-    else:
-        plan.key = plan.inputs = plan.specs = None
-        _occ, last = _count(nodes)
-    kept = [i in kept_set for i in range(n)]
-    plan.kept = kept
-    plan.last_use = last
-    if plan.key is not None:
-        plan.key.append(tuple(i for i in range(n) if kept[i]))
-        plan.key = tuple(plan.key)
-    return plan

@@ -168,14 +168,6 @@ class PatternGraph:
             return b
         return None
 
-    def layer_output(self, node: Node) -> Node:
-        """A linear layer's output: the product, or the bias add after it (``x @ w.T + b``)."""
-        for u in self.users(node):
-            if u.op in ("aten::add", "aten::add_") and any(
-                    isinstance(a, Node) and a is not node and self.is_weight(a) for a in u.args[:2]):
-                return u
-        return node
-
     def is_ancestor(self, anc: Node, node: Node, limit: int = 4096) -> bool:
         """Does ``node``'s value depend on ``anc``'s? Ids grow in capture order, so the search
         never leaves the nodes captured after ``anc`` (bounded by ``limit`` visits)."""
