@@ -118,6 +118,9 @@ def summarize(payload: dict) -> dict:
         "float32_cpu_opinfos_function_pass": sum(1 for outs in f32_fn.values() if outs == {"pass"}),
         "aten_exercised": len(census_seen),
         "aten_passed": len(census_seen - census_bad),
+        # calls the device ran at once as data-dependent (the census's other half: none fall back)
+        "ran_eagerly": sum(r.get("ran_eagerly", 0) for r in rows),
+        "cells_ran_eagerly": sum(1 for r in rows if r.get("ran_eagerly")),
         "pass_rate": (totals["pass"] / max(1, len(rows) - totals["skip"])),
         "other_failures": list(payload.get("other_failures", [])),
         "failed_elsewhere": _failed_elsewhere(payload),
@@ -278,7 +281,8 @@ span.v {{ padding: 0 3px; border-radius: 3px; font-size: 12px; }}
 <p>OpInfos: {s['opinfos']} ({s['opinfos_all_pass']} pass every cell); float32 CPU: {s['float32_cpu_opinfos_all_pass']} of
 {s['float32_cpu_opinfos']} pass every sample in every variant, <b id="f32-function">{s['float32_cpu_opinfos_function_pass']}</b>
 in the function variant. Aten census: <b id="aten-exercised">{s['aten_exercised']}</b> distinct
-aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in passing cells.</p>
+aten overloads exercised, <b id="aten-passed">{s['aten_passed']}</b> only in passing cells; calls run at once
+as data-dependent (none fall back): <b id="ran-eagerly">{s['ran_eagerly']}</b> in {s['cells_ran_eagerly']} cells.</p>
 <p>torch {html.escape(payload['torch'])} &middot; python {payload['python']} &middot; commit {html.escape(payload['commit'])}
 &middot; device {payload['device']} &middot; started {started} &middot; run time {payload['duration_s']} s</p>
 {_problems_html(problem_rows, 'fail', 'Failures', 'failures')}

@@ -35,6 +35,11 @@ def total_fallbacks() -> int:
     return sum(oc.fallback for oc in list(_classes.values()))
 
 
+def total_eager() -> int:
+    """Calls run at once on real values because their output depends on data (nonzero, item, ...)."""
+    return sum(oc.eager for oc in list(_classes.values()))
+
+
 def reset_capture_stats() -> None:
     for oc in list(_classes.values()):
         oc.captured = oc.eager = oc.fallback = 0
