@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from . import _torch
 from .capture import autocast, device_choice, dispatch, factories, rng
 from .execution import scheduler
 
@@ -167,7 +168,7 @@ Generator.__module__, Generator.__qualname__ = "torch", "Generator"  # pickles a
 
 def _factory_schemas():
     """aten overloads that take a device and no tensor: the ops that create tensors from nothing."""
-    for schema in torch._C._jit_get_all_schemas():
+    for schema in _torch.all_schemas():
         if not schema.name.startswith("aten::"):
             continue
         names = {a.name for a in schema.arguments}

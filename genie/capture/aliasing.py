@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.utils._mode_utils import no_dispatch
 
+from .. import _torch
 from ..graph.node import _EMPTY, NESTED, Node, TensorSpec, intern_spec
 
 aten = torch.ops.aten
@@ -57,9 +58,9 @@ def new_lazy(spec: TensorSpec, node: Node, storage=None, version=0):
 
 def _set_bits(t, spec: TensorSpec) -> None:
     if spec.conj:
-        torch._C._set_conj(t, True)
+        _torch.set_conj(t, True)
     if spec.neg:
-        torch._C._set_neg(t, True)
+        _torch.set_neg(t, True)
 
 
 _set_storage = torch.ops.aten.set_.source_Storage_storage_offset
@@ -76,7 +77,7 @@ def _share_storage(t, src, spec: TensorSpec) -> None:
 
 
 _make_subclass = torch.Tensor._make_subclass
-_exclude = torch._C._ExcludeDispatchKeyGuard
+_exclude = _torch.ExcludeDispatchKeyGuard
 # _DisableTorchDispatch and _AutoDispatchBelowADInplaceOrView together, for this device's tensors,
 # in one guard (a view's wrapper is made under it: one guard object instead of two per view)
 _DK = torch._C.DispatchKey
@@ -115,9 +116,9 @@ def _view_of(src, spec: TensorSpec):
             pool.append(guard)
         # the alias has src's conjugate and negative bits, which src's spec states
         if spec.conj is not ss.conj:
-            torch._C._set_conj(t, spec.conj)
+            _torch.set_conj(t, spec.conj)
         if spec.neg is not ss.neg:
-            torch._C._set_neg(t, spec.neg)
+            _torch.set_neg(t, spec.neg)
     return t
 
 

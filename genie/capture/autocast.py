@@ -18,7 +18,7 @@ import threading
 import torch
 from torch._subclasses.fake_tensor import UnsupportedOperatorException
 
-from .. import config
+from .. import _torch, config
 from . import device_choice
 
 _EXCLUDE = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastPrivateUse1)
@@ -35,9 +35,9 @@ def _ops_with_a_policy():
 
 
 def _autocast(func, args, kwargs):
-    with torch._C._ExcludeDispatchKeyGuard(_EXCLUDE):
+    with _torch.ExcludeDispatchKeyGuard(_EXCLUDE):
         key = "AutocastCUDA" if config.execution_device().type == "cuda" else "AutocastCPU"
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key):
+        if not _torch.has_kernel(func.name(), key):
             return func(*args, **kwargs)
         dtype = torch.get_autocast_dtype(DEVICE_TYPE)
         call = device_choice.Call(func, args, kwargs, autocast_dtype=dtype)

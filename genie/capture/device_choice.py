@@ -25,6 +25,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .. import _torch
 from ..ops.schema import WHOLE_WITHOUT_GRAD, execution_has_kernel
 
 aten = torch.ops.aten
@@ -329,8 +330,8 @@ _BACKEND_KEYS = ("CPU", "CUDA")
 
 def aten_ops_with_kernels(keys_all=(), keys_any=()):
     """Every aten overload with a kernel at each of ``keys_all`` and at one of ``keys_any`` at least."""
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    for schema in torch._C._jit_get_all_schemas():
+    has = _torch.has_kernel
+    for schema in _torch.all_schemas():
         if not schema.name.startswith("aten::"):
             continue
         name = schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
@@ -355,7 +356,7 @@ def _whole(func, args, kwargs):
     return func.decompose(*args, **kwargs)
 
 
-_dispatch_modes = torch._C._len_torch_dispatch_stack
+_dispatch_modes = _torch.dispatch_mode_depth
 _capture = None  # dispatch.torch_dispatch (bound by register: dispatch imports this module)
 
 
@@ -366,7 +367,7 @@ def _below_autograd(func, args, kwargs):
     trip through the dispatcher instead of two."""
     if not _dispatch_modes():
         return _capture(None, func, None, args, kwargs)
-    with torch._C._AutoDispatchBelowAutograd():
+    with _torch.AutoDispatchBelowAutograd():
         return func(*args, **kwargs)
 
 

@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from .. import _torch
 from .._torch import eager_kernels
 from ..execution.scheduler import beyond_device_0, device_count, materialize
 from ..graph.node import _EMPTY, Node, TensorSpec, getitem, index_of, keep_structure, on_index, op_name, spec_of
@@ -33,7 +34,7 @@ DEVICE = None  # torch.device("remote_accelerator", 0), set once the backend is 
 
 LazyTensor = None  # bound by lazy_tensor.py (import cycle: the class dispatches into this module)
 _hooks = hooks.semantics  # what semantics plugged in (capture/hooks.py)
-_autograd_node = torch._C._current_autograd_node
+_autograd_node = _torch.current_autograd_node
 _STRIDED = torch.strided
 
 # ops whose eager CUDA kernels accept CPU tensors beside device tensors

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import torch
 
+from .. import _torch
 from ..graph.node import _EMPTY, Node, TensorSpec
 from ..ops.schema import classify
 from . import dispatch, hooks
 
 aten = torch.ops.aten
 _grad_enabled = torch.is_grad_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-_function_modes = torch._C._is_torch_function_mode_enabled
-_autocast = torch._C._is_any_autocast_enabled
-_autograd_node = torch._C._current_autograd_node
+_dispatch_modes = _torch.dispatch_mode_depth
+_function_modes = _torch.function_mode_enabled
+_autocast = _torch.any_autocast_enabled
+_autograd_node = _torch.current_autograd_node
 _hooks = hooks.semantics
-_jit_tracing = torch._C._get_tracing_state
+_jit_tracing = _torch.jit_tracing_state
 _SCALARS = (int, float, bool)
 
 

@@ -11,10 +11,11 @@ import torch
 from torch.optim import optimizer as _optimizer
 from torch.utils import _foreach_utils
 
+from .. import _torch
 from . import aliasing, device_choice, dispatch, fastpath, module_conversion, special_ops, written_memory
 
-_multithreading = torch._C._is_multithreading_enabled
-_set_multithreading = torch._C._set_multithreading_enabled
+_multithreading = _torch.is_multithreading_enabled
+_set_multithreading = _torch.set_multithreading_enabled
 
 
 class LazyTensor(torch.Tensor):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _torch
 from .._torch import eager_kernels
 from ..graph.node import TensorSpec, intern_spec, spec_of
 from ..ops.schema import get_arg
@@ -72,9 +73,9 @@ def _stand_in(t, device, spec: TensorSpec, fill: bool, storages=None, ones=False
     if ones:
         out.fill_(1)
     if spec.conj:
-        torch._C._set_conj(out, True)
+        _torch.set_conj(out, True)
     if spec.neg:
-        torch._C._set_neg(out, True)
+        _torch.set_neg(out, True)
     return out
 
 

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from .. import _torch
 from .._torch import eager_kernels
 from ..graph.node import Node, TensorSpec, getitem, intern_spec, op_name
 from ..ops.errors import op_error
@@ -64,9 +65,9 @@ def clone_exact(v: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
         src = src.neg() if spec.neg else src
         out.copy_(src)
     if spec.conj:
-        torch._C._set_conj(out, True)
+        _torch.set_conj(out, True)
     if spec.neg:
-        torch._C._set_neg(out, True)
+        _torch.set_neg(out, True)
     return out
 
 
@@ -385,7 +386,7 @@ class LocalExecutor(Executor):
         return a
 
 
-_use_count = torch._C._storage_Use_Count
+_use_count = _torch.storage_use_count
 _getrefcount = sys.getrefcount
 # exact reference counts: CPython before 3.14, with the GIL (3.14 documents that getrefcount may
 # under-report; free-threaded builds defer reference counting)

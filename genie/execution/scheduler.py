@@ -22,6 +22,7 @@ from time import perf_counter
 
 import torch
 
+from .. import _torch
 from ..graph.node import Node, TensorSpec, index_of, iter_inputs
 from . import syncs
 from .base import WANT_VALUE
@@ -98,10 +99,10 @@ def _autograd_in_caller(on: bool) -> None:
     captured, not run, wherever the engine calls them."""
     was = getattr(_serial_backward, "was", None)
     if on and was is None:
-        _serial_backward.was = torch._C._is_multithreading_enabled()
-        torch._C._set_multithreading_enabled(False)
+        _serial_backward.was = _torch.is_multithreading_enabled()
+        _torch.set_multithreading_enabled(False)
     elif not on and was is not None:
-        torch._C._set_multithreading_enabled(was)
+        _torch.set_multithreading_enabled(was)
         _serial_backward.was = None
 
 

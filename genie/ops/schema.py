@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from .. import config
+from .. import _torch, config
 
 Tag = torch.Tag
 
@@ -69,7 +69,7 @@ class OpClass:
         self.inplace_view = Tag.inplace_view in tags
         # CompositeImplicitAutograd ops reach a subclass only when autograd is skipped
         # (inference tensors); decompose them as autograd would have.
-        self.composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd") \
+        self.composite = _torch.has_kernel(func.name(), "CompositeImplicitAutograd") \
             and not execution_has_kernel(func) and not _whole_without_grad(func)
         self.special = None  # a handler of dispatch's special-op table, set by dispatch
         # kernels whose outputs depend on the grad mode they run under (see GRAD_MODE_KERNELS)
@@ -160,7 +160,7 @@ def _whole_without_grad(func) -> bool:
 def execution_has_kernel(func) -> bool:
     """Does the execution device have a backend kernel of its own for this op?"""
     key = "CUDA" if config.execution_device().type == "cuda" else "CPU"
-    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
+    return _torch.has_kernel(func.name(), key)
 
 
 # Ops that return a view of their first argument without saying so in their schema.

@@ -21,7 +21,7 @@ How the context is kept current:
 - Backward: autograd runs backward ops with no module on the stack. The forwards record which
   context was current for each range of autograd sequence numbers (every autograd node gets the
   next number when its forward op runs); a backward op asks the engine for the node it is
-  executing (``torch._C._current_autograd_node``) and takes the module of the range its sequence
+  executing (``_torch.current_autograd_node``) and takes the module of the range its sequence
   number falls in, with phase backward. This is how torch.fx's tracer links the two passes too
   (``seq_nr`` node meta).
 - Optimizer: ``torch.optim``'s global step pre/post hooks (one call per step).
@@ -44,6 +44,7 @@ import torch
 from torch.nn.modules import module as _nn_module
 from torch.optim import optimizer as _optimizer
 
+from .. import _torch
 from ..capture import hooks
 from ..graph.node import scope
 
@@ -341,7 +342,7 @@ def _on_module_registered(mod, name, sub):
 
 def backward_context() -> Context | None:
     """The context of the backward op being captured now (None outside the autograd engine)."""
-    node = torch._C._current_autograd_node()
+    node = _torch.current_autograd_node()
     if node is None:
         return None
     seq = node._sequence_nr()

@@ -28,6 +28,8 @@ import struct
 import msgpack
 import torch
 
+from ... import _torch
+
 MAGIC = b"GNIE"
 VERSION = 2  # 2: write notes shared_writes and reads_written_items (capture/written_memory.py)
 HEADER = struct.Struct("!4sHHQ")
@@ -363,7 +365,7 @@ def tensor_from(raw: torch.Tensor, header: tuple) -> torch.Tensor:
     out = torch.empty(0, dtype=dtype, device=raw.device)
     out.set_(raw.untyped_storage(), offset, shape, stride)
     if conj:
-        torch._C._set_conj(out, True)
+        _torch.set_conj(out, True)
     if neg:
-        torch._C._set_neg(out, True)
+        _torch.set_neg(out, True)
     return out
