@@ -2,8 +2,9 @@
 
 PyTorch's PrivateUse1 slot is renamed, given a device module (``torch.remote_accelerator``,
 needed since torch.accelerator treats a renamed backend as the current accelerator and calls
-into it from freeze_rng_state and friends), hooks and a device guard. The one private helper
-used for that lives here and nowhere else, since it may change between torch releases.
+into it from freeze_rng_state and friends), hooks and a device guard. torch's private
+backend-registration helper is used here and nowhere else (the other private torch APIs genie
+needs are in genie/_torch.py), since it may change between torch releases.
 
 Factory ops (no tensor inputs, a ``device`` argument) get PrivateUse1 kernels so that
 ``torch.randn(..., device="remote_accelerator")`` is captured as ``aten::randn`` rather than as
