@@ -195,20 +195,40 @@ def _problems_html(rows: list, outcome: str, title: str, table_id: str) -> str:
             f"<th>dtype</th><th>device</th><th>outcome</th><th>reason</th><th>failing samples</th></tr>{body}</table>")
 
 
-def _models_html(models: list) -> str:
-    if not models:
+def _text(value) -> str:
+    return html.escape(str(value if value is not None else ""))
+
+
+# the columns of a model-check row: (header, cell html)
+_MODEL_COLUMNS = {
+    "family": lambda m: f"<td>{_text(m['family'])}</td>",
+    "model": lambda m: f"<td>{_text(m['model'])}</td>",
+    "program": lambda m: f"<td>{_text(m['model'])}</td>",
+    "check": lambda m: f"<td>{_text(m['check'])}</td>",
+    "outcome": lambda m: f"<td class='outcome'>{m['outcome']}</td>",
+    "tensors compared": lambda m: f"<td>{_text(m.get('tensors_compared'))}</td>",
+    "bit-identical": lambda m: _bits_cell(m),
+    "reason": lambda m: f"<td>{_text(m.get('reason'))}</td>",
+}
+
+
+def _checks_html(rows: list, title: str, table_id: str, noun: str, columns: tuple, extra: str = "") -> str:
+    """One table of model checks (the zoo and module_db, or the library programs), worst first."""
+    if not rows:
         return ""
     body = "".join(
-        f"<tr class='{m['outcome']}'><td>{html.escape(m['family'])}</td><td>{html.escape(m['model'])}</td>"
-        f"<td>{html.escape(m['check'])}</td><td class='outcome'>{m['outcome']}</td>{_bits_cell(m)}"
-        f"<td>{html.escape(m.get('reason') or '')}</td></tr>"
-        for m in sorted(models, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["family"], m["model"], m["check"])))
-    counts = Counter(m["outcome"] for m in models)
-    return (f"<h2>Models: real model code, lazy vs eager</h2><p id='models-counts'>{len(models)} checks: "
-            + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) +
-            "</p><table id='models'><tr><th>family</th><th>model</th><th>check</th><th>outcome</th><th>bit-identical</th>"
-            "<th>reason</th>"
-            f"</tr>{body}</table>")
+        f"<tr class='{m['outcome']}'>" + "".join(_MODEL_COLUMNS[c](m) for c in columns) + "</tr>"
+        for m in sorted(rows, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["family"], m["model"], m["check"])))
+    counts = Counter(m["outcome"] for m in rows)
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    return (f"<h2>{title}</h2><p id='{table_id}-counts'>{len(rows)} {noun}: "
+            + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) + extra
+            + f"</p><table id='{table_id}'><tr>{head}</tr>{body}</table>")
+
+
+def _models_html(models: list) -> str:
+    return _checks_html(models, "Models: real model code, lazy vs eager", "models", "checks",
+                        ("family", "model", "check", "outcome", "bit-identical", "reason"))
 
 
 def _bits_cell(m: dict) -> str:
@@ -216,24 +236,16 @@ def _bits_cell(m: dict) -> str:
         return "<td></td>"
     if m["bit_identical"]:
         return "<td class='pass'>yes</td>"
-    return (f"<td class='xfail'>no: {html.escape(str(m.get('first_difference') or ''))} first, max |d| "
+    return (f"<td class='xfail'>no: {_text(m.get('first_difference'))} first, max |d| "
             f"{m.get('max_abs_diff', 0):.3g}</td>")
 
 
 def _library_html(programs: list) -> str:
     """The library-programs axis: one row per program, with its bit identity against eager."""
-    if not programs:
-        return ""
-    body = "".join(
-        f"<tr class='{m['outcome']}'><td>{html.escape(m['model'])}</td><td class='outcome'>{m['outcome']}</td>"
-        f"<td>{m.get('tensors_compared', '')}</td>{_bits_cell(m)}<td>{html.escape(m.get('reason') or '')}</td></tr>"
-        for m in sorted(programs, key=lambda m: (-_SEVERITY.get(m["outcome"], 0), m["model"])))
-    counts = Counter(m["outcome"] for m in programs)
     identical = sum(1 for m in programs if m.get("bit_identical"))
-    return (f"<h2>Library programs: library code on the device, lazy vs eager</h2><p id='library-counts'>"
-            f"{len(programs)} programs: " + ", ".join(f"{o} {counts.get(o, 0)}" for o in OUTCOMES) +
-            f"; bit-identical to eager: {identical}</p><table id='library'><tr><th>program</th><th>outcome</th>"
-            f"<th>tensors compared</th><th>bit-identical</th><th>reason</th></tr>{body}</table>")
+    return _checks_html(programs, "Library programs: library code on the device, lazy vs eager", "library",
+                        "programs", ("program", "outcome", "tensors compared", "bit-identical", "reason"),
+                        extra=f"; bit-identical to eager: {identical}")
 
 
 def _suites_html(by_suite: dict) -> str:
