@@ -1,7 +1,7 @@
 """A plan: the nodes one materialization runs, what it keeps, and its fingerprint.
 
 The fingerprint (``Plan.key``) is the structure of the run without its sizes and numbers: the
-text compiled programs are cached on (execution/replay.py reads it back with ``_parse``) and the
+text compiled programs are cached on (``parse`` reads it back for execution/replay.py) and the
 remote template mirrors (execution/remote/client.py). Its markers and encoder live here; the
 inputs (materialized values, numbers, size lists) a program takes are listed in the order it
 takes them.
@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from ..graph.node import _EMPTY, Node, keep_structure
-from ..ops.schema import _classes, classify
+from ..graph.node import _EMPTY, Node, keep_structure, op_name
+from ..ops.schema import OpClass, _classes, classify
 
 # Plans larger than this are interpreted, never compiled (a 1e6-op chain is read once).
 MAX_COMPILED_NODES = int(os.environ.get("GENIE_REPLAY_MAX_NODES", "20000"))
@@ -279,3 +279,72 @@ _OpOverload = torch._ops.OpOverload
 
 def _tensor_layout(t):
     return (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
+
+
+# -- reading the format back --------------------------------------------------------------------
+
+def parse(key):
+    """The fingerprint read back (execution/replay.py compiles from it). Per node: (target, [(kwarg name or None, item)], annotated); and the kept indices."""
+    nodes = []
+    target = None
+    args: list = []
+    name = None
+    annotated = False
+    for item in key[:-1]:
+        if target is None:
+            target = item.func if item.__class__ is OpClass else item
+            args, name, annotated = [], None, False
+        elif item is END:
+            nodes.append((target, args, annotated))
+            target = None
+        elif item is ANN:
+            annotated = True
+        elif item.__class__ is tuple and item and item[0] is KW:
+            name = item[1]
+        else:
+            args.append((name, item))
+            name = None
+    return nodes, key[-1]
+
+
+def refs(item):
+    """The plan-node indices an encoded argument refers to."""
+    c = item.__class__
+    if c is int:
+        yield item
+    elif c is tuple and item and item[0] is LIST:
+        for x in item[1:]:
+            yield from refs(x)
+
+
+def canonical(key) -> str:
+    """A text form of a fingerprint that names ops by their schema names, never by object ids."""
+    parts = []
+    for item in key:
+        parts.append(_text(item))
+    return " ".join(parts)
+
+
+def _text(item) -> str:
+    c = item.__class__
+    if c is int:
+        return f"%{item}"
+    if c is OpClass:
+        item = item.func
+    if isinstance(item, torch._ops.OpOverload):
+        return f"{op_name(item)}.{item._overloadname}"
+    if c is tuple:
+        if item and item[0] is LIST:
+            return "[" + ",".join(_text(x) for x in item[1:]) + "]"
+        if item and item[0] is KW:
+            return f"{item[1]}="
+        if len(item) == 2 and isinstance(item[0], type):
+            return f"{item[0].__name__}:{item[1]!r}"
+        return "kept(" + ",".join(str(i) for i in item) + ")"
+    if item is _TENSOR:
+        return "tensor"
+    if isinstance(item, type):
+        return item.__name__
+    if item in (EXT, INTS, END, ANN):
+        return repr(item)
+    return op_name(item)

@@ -38,8 +38,8 @@ import torch
 
 from ..graph.node import getitem, op_name
 from ..ops.errors import op_error
-from ..ops.schema import OpClass, classify
-from .plan import _TENSOR, ANN, END, EXT, INTS, KW, LIST
+from ..ops.schema import classify
+from .plan import _TENSOR, EXT, LIST, canonical, parse, refs
 
 _OpOverload = torch._ops.OpOverload
 _counter = iter(range(1 << 62))
@@ -71,30 +71,6 @@ BINDINGS = {
     _aten.split.Tensor: _V.split, _aten._transformer_encoder_layer_fwd.default: _V._transformer_encoder_layer_fwd,
     _aten._scaled_dot_product_flash_attention_for_cpu.default: _V._scaled_dot_product_flash_attention_for_cpu,
 }
-
-
-def _parse(key):
-    """Per node: (target, [(kwarg name or None, item)], annotated); and the kept indices."""
-    nodes = []
-    target = None
-    args: list = []
-    name = None
-    annotated = False
-    for item in key[:-1]:
-        if target is None:
-            target = item.func if item.__class__ is OpClass else item
-            args, name, annotated = [], None, False
-        elif item is END:
-            nodes.append((target, args, annotated))
-            target = None
-        elif item is ANN:
-            annotated = True
-        elif item.__class__ is tuple and item and item[0] is KW:
-            name = item[1]
-        else:
-            args.append((name, item))
-            name = None
-    return nodes, key[-1]
 
 
 class _Emitter:
@@ -129,13 +105,13 @@ class Program:
         self._fingerprint = None
         self.verified: set = set()
         self.runs = 0
-        nodes, kept = _parse(key)
+        nodes, kept = parse(key)
         self.nodes = len(nodes)
         kept_set = set(kept)
         last: dict[int, int] = {}
         for i, (_, args, _) in enumerate(nodes):
             for _, item in args:
-                for j in _refs(item):
+                for j in refs(item):
                     last[j] = i
         frees: dict[int, list] = {}
         for j, i in last.items():
@@ -253,7 +229,7 @@ def _steal_mode(target, annotated, args, i, last, kept_set):
         return 0
     uses: dict = {}
     for _, item in args:
-        for j in _refs(item):
+        for j in refs(item):
             uses[j] = uses.get(j, 0) + 1
     modes = tuple(0 if x.__class__ is int and uses[x] > 1 else _steal_one(x, i, last, kept_set) for x in first[1:])
     return modes if any(modes) else 0
@@ -263,15 +239,6 @@ def _steal_one(item, i, last, kept_set) -> int:
     if item.__class__ is int:
         return 1 if item not in kept_set and last.get(item) == i else 0
     return 2 if item is EXT else 0
-
-
-def _refs(item):
-    c = item.__class__
-    if c is int:
-        yield item
-    elif c is tuple and item and item[0] is LIST:
-        for x in item[1:]:
-            yield from _refs(x)
 
 
 def _is_kernel_call(op, annotated: bool, supplements) -> bool:
@@ -299,39 +266,6 @@ def _function(src: str, glb: dict, filename: str):
     ns = dict(glb)
     exec(code, ns)
     return ns["run"]
-
-
-def canonical(key) -> str:
-    """A text form of a fingerprint that names ops by their schema names, never by object ids."""
-    parts = []
-    for item in key:
-        parts.append(_text(item))
-    return " ".join(parts)
-
-
-def _text(item) -> str:
-    c = item.__class__
-    if c is int:
-        return f"%{item}"
-    if c is OpClass:
-        item = item.func
-    if isinstance(item, _OpOverload):
-        return f"{op_name(item)}.{item._overloadname}"
-    if c is tuple:
-        if item and item[0] is LIST:
-            return "[" + ",".join(_text(x) for x in item[1:]) + "]"
-        if item and item[0] is KW:
-            return f"{item[1]}="
-        if len(item) == 2 and isinstance(item[0], type):
-            return f"{item[0].__name__}:{item[1]!r}"
-        return "kept(" + ",".join(str(i) for i in item) + ")"
-    if item is _TENSOR:
-        return "tensor"
-    if isinstance(item, type):
-        return item.__name__
-    if item in (EXT, INTS, END, ANN):
-        return repr(item)
-    return op_name(item)
 
 
 class ProgramCache:
